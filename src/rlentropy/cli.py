@@ -1,0 +1,124 @@
+"""The `rlentropy` command line.
+
+Each sub-command is a thin wrapper: it parses options with typer and imports its implementation
+lazily, so `rlentropy --help` stays fast. User errors (`rlentropy.errors.UserError`) are printed as
+one line on stderr and exit with status 2; nothing else is caught here.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from rlentropy.errors import TrainingError, UserError
+
+app = typer.Typer(
+    name="rlentropy",
+    help="Measure, predict and control the entropy dynamics of RL fine-tuning of language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Argument(None, help="YAML config file (see configs/)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Overrides as key.sub=value."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Run directory to resume from its newest complete checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Run GRPO-family RL training from a YAML config (or resume a run)."""
+    from rlentropy.train.run import train_command
+
+    train_command(config=config, overrides=list(overrides or []), resume=resume, quiet=quiet)
+
+
+@app.command()
+def demo(
+    seeds: int = typer.Option(1, "--seeds", help="Number of seeds per method (1 for `make demo`)."),
+    study: str = typer.Option("controls", "--study", help="controls | quadrants"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default runs/demo or runs/quadrants)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """The embedded CPU entropy study on the shipped tiny model and the countdown task."""
+    from rlentropy.train.demo import demo_command
+
+    demo_command(seeds=seeds, study=study, out=out, quiet=quiet)
+
+
+@app.command()
+def pretrain(
+    out: Path = typer.Option(Path("runs/pretrain"), "--out", help="Where to write the model and tokenizer."),
+    seed: int = typer.Option(0, "--seed"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Supervised warm-up of the tiny base policy on the synthetic task (rebuilds the shipped weights)."""
+    from rlentropy.models.pretrain import pretrain_command
+
+    pretrain_command(out=out, seed=seed, quiet=quiet)
+
+
+@app.command("eval")
+def eval_(
+    target: Path = typer.Argument(..., help="A checkpoint directory, or a run directory (every checkpoint)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Benchmark name or dataset file (default: the run's eval set)."),
+    n: Optional[int] = typer.Option(None, "--n", help="Samples per prompt."),
+    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    top_p: Optional[float] = typer.Option(None, "--top-p"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
+    max_prompts: Optional[int] = typer.Option(None, "--max-prompts"),
+    force: bool = typer.Option(False, "--force", help="Re-evaluate checkpoints that already have results."),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """pass@k, avg@n, maj@k, entropy and length of samples, for one checkpoint or all of a run."""
+    from rlentropy.evaluate.run import eval_command
+
+    eval_command(
+        target=target, dataset=dataset, n=n, temperature=temperature, top_p=top_p,
+        max_new_tokens=max_new_tokens, max_prompts=max_prompts, force=force, quiet=quiet,
+    )
+
+
+@app.command()
+def report(
+    runs: List[Path] = typer.Argument(..., help="One or more run directories."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: the first run's directory)."),
+) -> None:
+    """Write a self-contained report.html and plots/*.png for one or more runs."""
+    from rlentropy.report.html import report_command
+
+    report_command(runs=runs, out=out)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Console entry point: run the typer app, turning user errors into one line and exit 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except TrainingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as ex:
+        sys.exit(ex.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as ex:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(ex, click.ClickException):
+            ex.show()
+            sys.exit(ex.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
