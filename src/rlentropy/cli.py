@@ -111,13 +111,13 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit(ex.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as ex:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(ex, click.ClickException):
-            ex.show()
-            sys.exit(ex.exit_code)
-        raise
+    except typer.TyperException as ex:  # usage errors (unknown option, bad value): exit 2
+        show = getattr(ex, "show", None)
+        if show is not None:
+            show()
+        else:
+            print(f"error: {ex}", file=sys.stderr)
+        sys.exit(getattr(ex, "exit_code", 2))
 
 
 if __name__ == "__main__":
