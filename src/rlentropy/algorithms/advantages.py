@@ -1,0 +1,246 @@
+"""Outcome-reward advantage estimators (one scalar per response) and the unbiased pass@k estimator.
+
+Every estimator has the signature
+
+    fn(rewards [B], group_ids [B], **params) -> (advantages [B], metrics)
+
+where `group_ids[b]` names the prompt response b was sampled for (responses of one prompt form a
+group). Broadcast the result over tokens with the response mask to get `[B, T]` advantages; every
+loss and control here also accepts the `[B]` form directly. Look estimators up with
+`get_advantage(name)`; names: grpo, dr_grpo, rloo, reinforce_pp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from math import comb
+from typing import Any, Callable
+
+import torch
+
+from rlentropy.algorithms._util import check_choice, check_nonneg, check_tensor, float_dtype
+from rlentropy.algorithms.registry import Registry
+
+AdvantageFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+GRPO_SCALES = ("group", "batch", "none")
+REINFORCE_PP_BASELINES = ("group", "none")
+
+
+@dataclass(frozen=True)
+class AdvantageSpec:
+    """A registered advantage estimator.
+
+    Attributes:
+        name: registry name.
+        fn: the estimator, `fn(rewards, group_ids, **params) -> (adv [B], metrics)`.
+        defaults: the keyword parameters and their defaults.
+        paper: where the method comes from.
+    """
+
+    name: str
+    fn: AdvantageFn
+    defaults: dict[str, Any] = field(default_factory=dict)
+    paper: str = ""
+
+
+ADVANTAGES: Registry[AdvantageSpec] = Registry("advantage estimator")
+
+
+def _check_inputs(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    check_tensor("rewards", rewards, ndim=1)
+    check_tensor("group_ids", group_ids, ndim=1)
+    if group_ids.shape != rewards.shape:
+        raise ValueError(
+            f"group_ids must have the shape of rewards {tuple(rewards.shape)}, got {tuple(group_ids.shape)}"
+        )
+    if group_ids.is_floating_point() or group_ids.is_complex():
+        raise ValueError(f"group_ids must be an integer tensor, got {group_ids.dtype}")
+    return rewards.to(float_dtype(rewards))  # [B]
+
+
+def group_stats(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-response group mean, unbiased group std and group size (vectorised, no host sync).
+
+    A group with a single member gets mean 0 and std 1 (the convention of verl and Trinity), so its
+    GRPO advantage is `R / (1 + eps)`.
+
+    Args:
+        rewards: [B] float.
+        group_ids: [B] integer group id of each response.
+
+    Returns:
+        (mean [B], std [B], size [B]) of each response's group, in the dtype of `rewards`.
+    """
+    uniq, inverse = torch.unique(group_ids, return_inverse=True)  # [G], [B] in 0..G-1
+    n_groups = uniq.numel()
+    size = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device).index_add_(
+        0, inverse, torch.ones_like(rewards)
+    )  # [G]
+    total = torch.zeros_like(size).index_add_(0, inverse, rewards)  # [G]
+    mean_g = total / size  # [G]
+    sq = torch.zeros_like(size).index_add_(0, inverse, (rewards - mean_g[inverse]) ** 2)  # [G]
+    std_g = (sq / (size - 1).clamp_min(1)).sqrt()  # [G] unbiased
+    single = size == 1  # [G]
+    mean_g = torch.where(single, torch.zeros_like(mean_g), mean_g)
+    std_g = torch.where(single, torch.ones_like(std_g), std_g)
+    return mean_g[inverse], std_g[inverse], size[inverse]  # [B] each
+
+
+def _reward_metrics(rewards: torch.Tensor, adv: torch.Tensor, std: torch.Tensor, size: torch.Tensor) -> dict:
+    """Shared metrics: reward mean, advantage mean / population std, fraction of zero-variance groups."""
+    zero_var = ((std == 0) & (size > 1)).to(torch.float32)  # [B]
+    return {
+        "reward_mean": rewards.mean().to(torch.float32),
+        "adv_mean": adv.mean().to(torch.float32),
+        "adv_std": adv.std(correction=0).to(torch.float32) if adv.numel() else adv.sum().to(torch.float32),
+        # Fraction of responses whose group has all-equal rewards (their advantage is 0).
+        "frac_zero_std": zero_var.mean() if zero_var.numel() else zero_var.sum(),
+    }
+
+
+def grpo(
+    rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: str = "group", eps: float = 1e-6
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GRPO advantage: `A_i = (R_i − mean_g) / (std_g + eps)` (DeepSeekMath, arXiv 2402.03300).
+
+    Args:
+        rewards: [B] scalar reward of each response.
+        group_ids: [B] integer prompt id of each response.
+        scale: "group" divides by the unbiased group std (GRPO), "batch" by the unbiased std of all B
+            rewards (TRL `scale_rewards="batch"`), "none" does not divide (Dr.GRPO).
+        eps: added to the std, ≥ 0.
+
+    Returns:
+        (advantages [B], metrics). A singleton group has mean 0 and std 1.
+    """
+    check_choice("scale", scale, GRPO_SCALES)
+    eps = check_nonneg("eps", eps)
+    r = _check_inputs(rewards, group_ids)  # [B]
+    mean, std, size = group_stats(r, group_ids)  # [B] each
+    centred = r - mean  # [B]
+    if scale == "group":
+        adv = centred / (std + eps)  # [B]
+    elif scale == "batch":
+        batch_std = r.std() if r.numel() > 1 else torch.ones((), dtype=r.dtype, device=r.device)  # []
+        adv = centred / (batch_std + eps)  # [B]
+    else:
+        adv = centred  # [B]
+    return adv, _reward_metrics(r, adv, std, size)
+
+
+def dr_grpo(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Dr.GRPO advantage: `A_i = R_i − mean_g`, no std division (Liu et al., arXiv 2503.20783).
+
+    Args:
+        rewards: [B]; group_ids: [B] integer.
+
+    Returns:
+        (advantages [B], metrics). A singleton group has mean 0, so its advantage is its reward.
+    """
+    return grpo(rewards, group_ids, scale="none", eps=0.0)
+
+
+def rloo(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """RLOO advantage: `A_i = R_i − mean_{j≠i} R_j = G/(G−1) · (R_i − mean_g)` (Ahmadian et al., arXiv 2402.14740).
+
+    Args:
+        rewards: [B]; group_ids: [B] integer.
+
+    Returns:
+        (advantages [B], metrics). A singleton group has no leave-one-out baseline: `A = R`.
+    """
+    r = _check_inputs(rewards, group_ids)  # [B]
+    mean, std, size = group_stats(r, group_ids)  # [B] each
+    factor = size / (size - 1).clamp_min(1)  # [B] G/(G-1); singleton: 1/1 with mean 0
+    adv = factor * (r - mean)  # [B]
+    return adv, _reward_metrics(r, adv, std, size)
+
+
+def reinforce_pp(
+    rewards: torch.Tensor, group_ids: torch.Tensor, *, baseline: str = "group", eps: float = 1e-6
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """REINFORCE++ advantage: batch-normalised (whitened) reward (Hu et al., arXiv 2501.03262).
+
+    `baseline="group"` (REINFORCE++-baseline, the variant used with several samples per prompt)
+    subtracts the group mean first; `"none"` whitens the raw rewards. Whitening:
+    `A = (x − mean_B(x)) / (std_B(x) + eps)` with the unbiased std over the B responses (verl whitens
+    over tokens, which weights long responses more; this estimator weights every response once).
+
+    Args:
+        rewards: [B]; group_ids: [B] integer.
+        baseline: "group" or "none".
+        eps: ≥ 0.
+
+    Returns:
+        (advantages [B], metrics).
+    """
+    check_choice("baseline", baseline, REINFORCE_PP_BASELINES)
+    eps = check_nonneg("eps", eps)
+    r = _check_inputs(rewards, group_ids)  # [B]
+    mean, std, size = group_stats(r, group_ids)  # [B] each
+    x = r - mean if baseline == "group" else r  # [B]
+    if x.numel() > 1:
+        adv = (x - x.mean()) / (x.std() + eps)  # [B]
+    else:
+        adv = x - x.mean()  # [B] a lone response has nothing to compare with
+    return adv, _reward_metrics(r, adv, std, size)
+
+
+ADVANTAGES.add("grpo", AdvantageSpec("grpo", grpo, {"scale": "group", "eps": 1e-6}, "DeepSeekMath, arXiv 2402.03300"))
+ADVANTAGES.add("dr_grpo", AdvantageSpec("dr_grpo", dr_grpo, {}, "Dr.GRPO, arXiv 2503.20783"))
+ADVANTAGES.add("rloo", AdvantageSpec("rloo", rloo, {}, "RLOO, arXiv 2402.14740"))
+ADVANTAGES.add(
+    "reinforce_pp",
+    AdvantageSpec("reinforce_pp", reinforce_pp, {"baseline": "group", "eps": 1e-6}, "REINFORCE++, arXiv 2501.03262"),
+)
+
+
+def get_advantage(name: str) -> AdvantageFn:
+    """The advantage estimator registered under `name` (grpo, dr_grpo, rloo, reinforce_pp).
+
+    Raises:
+        UnknownNameError: (a ValueError) listing the valid names.
+    """
+    return ADVANTAGES.get(name).fn
+
+
+def get_advantage_spec(name: str) -> AdvantageSpec:
+    """Metadata (defaults, paper) of the advantage estimator `name`."""
+    return ADVANTAGES.get(name)
+
+
+def grpo_advantages(
+    rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: str = "group", eps: float = 1e-6
+) -> torch.Tensor:
+    """GRPO advantages without the metrics: `grpo(rewards, group_ids, scale=scale, eps=eps)[0]`. [B]."""
+    return grpo(rewards, group_ids, scale=scale, eps=eps)[0]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k estimator `1 − C(n−c, k) / C(n, k)` (Chen et al., arXiv 2107.03374).
+
+    Computed exactly with integer binomials and a rational ratio, so the result is the correctly
+    rounded float of the exact value (no cancellation, no overflow, for any n).
+
+    Args:
+        n: samples drawn for the problem, ≥ 1.
+        c: correct samples among them, 0 ≤ c ≤ n.
+        k: the k of pass@k, 1 ≤ k ≤ n.
+
+    Returns:
+        The probability that at least one of k samples drawn without replacement from the n is correct.
+    """
+    for name, value in (("n", n), ("c", c), ("k", k)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an int, got {value!r}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if not 0 <= c <= n:
+        raise ValueError(f"c must be in [0, n={n}], got {c}")
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, n={n}], got {k}")
+    if n - c < k:
+        return 1.0
+    return float(1 - Fraction(comb(n - c, k), comb(n, k)))
