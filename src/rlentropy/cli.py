@@ -66,13 +66,16 @@ def pretrain(
 def eval_(
     target: Path = typer.Argument(..., help="A checkpoint directory, or a run directory (every checkpoint)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Benchmark name or dataset file (default: the run's eval set)."),
-    n: Optional[int] = typer.Option(None, "--n", help="Samples per prompt."),
-    temperature: Optional[float] = typer.Option(None, "--temperature"),
-    top_p: Optional[float] = typer.Option(None, "--top-p"),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
-    max_prompts: Optional[int] = typer.Option(None, "--max-prompts"),
+    n: Optional[int] = typer.Option(None, "--n", help="Samples per prompt (default 32 on real data, 8 on synthetic tasks)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (default 0.7)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling (default 1.0)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: the run's eval / rollout max_new_tokens."),
+    max_prompts: Optional[int] = typer.Option(None, "--max-prompts", help="Evaluate the first N prompts (default: the run's eval.max_prompts)."),
     force: bool = typer.Option(False, "--force", help="Re-evaluate checkpoints that already have results."),
     quiet: bool = typer.Option(False, "--quiet"),
+    base: bool = typer.Option(True, "--base/--no-base", help="With a run directory, also evaluate the base model as step 0."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed (the same for every checkpoint)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per generate call (default: the run's rollout.batch_size)."),
 ) -> None:
     """pass@k, avg@n, maj@k, entropy and length of samples, for one checkpoint or all of a run."""
     from rlentropy.evaluate.run import eval_command
@@ -80,6 +83,7 @@ def eval_(
     eval_command(
         target=target, dataset=dataset, n=n, temperature=temperature, top_p=top_p,
         max_new_tokens=max_new_tokens, max_prompts=max_prompts, force=force, quiet=quiet,
+        include_base=base, seed=seed, batch_size=batch_size,
     )
 
 
