@@ -1,0 +1,34 @@
+"""Verifiers: answer extraction, math correctness (math-verify under hard time limits), format rewards.
+
+    from rlentropy.rewards import MathScorer, extract_answer, r1_format_reward
+    MathScorer(style="boxed").score(["... \\boxed{\\frac12}"], ["0.5"])   # -> [1.0]
+"""
+
+from rlentropy.rewards.extract import (
+    as_plain_number,
+    extract_answer,
+    extract_boxed,
+    extract_dapo,
+    extract_gsm8k,
+    extract_r1,
+    r1_format_ok,
+)
+from rlentropy.rewards.math import MathScorer, math_reward, r1_format_reward, verify_answers
+from rlentropy.rewards.pool import PoolStats, VerifierPool, default_pool
+
+__all__ = [
+    "MathScorer",
+    "PoolStats",
+    "VerifierPool",
+    "as_plain_number",
+    "default_pool",
+    "extract_answer",
+    "extract_boxed",
+    "extract_dapo",
+    "extract_gsm8k",
+    "extract_r1",
+    "math_reward",
+    "r1_format_ok",
+    "r1_format_reward",
+    "verify_answers",
+]
