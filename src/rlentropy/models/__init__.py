@@ -1,0 +1,1 @@
+"""Models: the shipped tiny policy (`tiny`), its pretraining (`pretrain`), loading and the fused forward."""
