@@ -1,0 +1,152 @@
+"""Per-token policy statistics of a rollout batch, without ever building `[B, T, V]` logits.
+
+`policy_token_stats(model, batch)` runs the transformer body once over prompt + response, takes the
+last hidden states at the positions that predict response tokens and hands them, with the LM head
+weight, to `rlentropy.tokenstats.token_stats_from_hidden`, which works chunk by chunk over tokens and
+vocabulary. Every consumer (old-policy statistics, the loss forward, probes, evaluation) uses it, so
+they all see the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rlentropy.rollout.base import RolloutBatch
+from rlentropy.tokenstats import TokenStats, token_stats_from_hidden
+
+DEFAULT_WORKSPACE_BYTES = 256 * 2**20
+
+
+def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The HF CausalLM inside peft / accelerate / DDP wrappers (adapters stay active)."""
+    m = model
+    for _ in range(4):
+        if hasattr(m, "get_base_model") and callable(m.get_base_model):
+            m = m.get_base_model()  # peft: LoRA layers are injected in place, so they stay in the forward
+        elif not hasattr(m, "get_output_embeddings") and isinstance(getattr(m, "module", None), torch.nn.Module):
+            m = m.module  # DistributedDataParallel / accelerate wrappers
+        else:
+            break
+    return m
+
+
+def body_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The transformer body (embeddings → blocks → final norm) and the LM head of a causal LM.
+
+    Raises:
+        ValueError: when the model exposes no decoder body or no output embeddings.
+    """
+    lm = _causal_lm(model)
+    body = None
+    if hasattr(lm, "get_decoder"):
+        try:
+            body = lm.get_decoder()
+        except (AttributeError, NotImplementedError):
+            body = None
+    if body is None or body is lm:
+        body = getattr(lm, getattr(lm, "base_model_prefix", "model"), None)
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    if body is None or head is None:
+        raise ValueError(f"model: {type(lm).__name__} exposes no decoder body / output embeddings")
+    if hasattr(head, "lora_A"):
+        raise ValueError("model: the LM head carries a LoRA adapter; token statistics need a plain head")
+    return body, head
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding, as HF `generate` uses them: cumsum(mask) − 1, ≥ 0.
+
+    Args:
+        attention_mask: [B, L] 0/1.
+
+    Returns:
+        [B, L] long.
+    """
+    pos = attention_mask.long().cumsum(-1) - 1  # [B, L]
+    return pos.clamp(min=0)  # [B, L]
+
+
+def response_hidden(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
+    """Last hidden states at the positions that predict the response tokens.
+
+    Args:
+        model: a causal LM (possibly peft-wrapped).
+        batch: the rollout batch; `input_ids` [B, L] with P = `prompt_len`.
+
+    Returns:
+        [B, T, D] where row t predicts `input_ids[:, P + t]` (hidden position P + t − 1).
+    """
+    body, _ = body_and_head(model)
+    ids = batch.input_ids  # [B, L]
+    att = batch.attention_mask  # [B, L]
+    if batch.prompt_len < 1:
+        raise ValueError("batch.prompt_len: must be >= 1 (the first response token needs a predicting position)")
+    out = body(input_ids=ids[:, :-1], attention_mask=att[:, :-1], position_ids=position_ids_from_mask(att)[:, :-1],
+               use_cache=False)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # [B, L-1, D]
+    return hidden[:, batch.prompt_len - 1 :]  # [B, T, D]
+
+
+def policy_token_stats(
+    model: torch.nn.Module,
+    batch: RolloutBatch,
+    *,
+    temperature: float = 1.0,
+    with_grad: bool = False,
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+    mask: torch.Tensor | None = None,
+    check_finite: bool | None = None,
+) -> TokenStats:
+    """Token statistics of the response tokens of `batch` under `model`, from hidden states.
+
+    Args:
+        model: a causal LM (HF `PreTrainedModel`, possibly wrapped by peft or accelerate).
+        batch: `RolloutBatch` (prompt left-padded, response right-padded).
+        temperature: the logits are divided by it before the softmax (use the sampling temperature).
+        with_grad: keep the autograd graph (log p and H differentiable; s, s_bar, sum_p2 detached).
+        workspace_bytes: memory budget of one `[chunk, V]` block inside `token_stats_from_hidden`.
+        mask: [B, T] positions to compute (default `batch.response_mask`); the rest read 0.
+        check_finite: passed to `token_stats_from_hidden` (None = on unless python -O). The trainer
+            turns it off in the loss forward so a non-finite loss is detected and the update skipped.
+
+    Returns:
+        `TokenStats`, every field [B, T] float32, zero outside `mask`.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature: must be > 0, got {temperature}")
+    resp_mask = batch.response_mask if mask is None else mask  # [B, T]
+    ctx: Any = torch.enable_grad() if with_grad else torch.no_grad()
+    with ctx:
+        hidden = response_hidden(model, batch)  # [B, T, D]
+        _, head = body_and_head(model)
+        tokens = batch.response_ids  # [B, T]
+        return token_stats_from_hidden(
+            hidden, head.weight, tokens, temperature=temperature, mask=resp_mask,
+            bias=getattr(head, "bias", None), workspace_bytes=workspace_bytes, check_finite=check_finite,
+        )
+
+
+def policy_token_stats_chunked(
+    model: torch.nn.Module,
+    batch: RolloutBatch,
+    *,
+    rows_per_chunk: int,
+    temperature: float = 1.0,
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+) -> TokenStats:
+    """`policy_token_stats` without gradient, `rows_per_chunk` sequences at a time (bounded memory).
+
+    Returns:
+        `TokenStats` with every field [B, T].
+    """
+    if rows_per_chunk < 1:
+        raise ValueError(f"rows_per_chunk: must be >= 1, got {rows_per_chunk}")
+    parts = []
+    n = len(batch)
+    for start in range(0, n, rows_per_chunk):
+        sub = batch.select(list(range(start, min(n, start + rows_per_chunk))))
+        parts.append(policy_token_stats(model, sub, temperature=temperature, workspace_bytes=workspace_bytes))
+    names = ("logp", "entropy", "s", "s_bar", "sum_p2")
+    return TokenStats(**{k: torch.cat([getattr(p, k) for p in parts], dim=0) for k in names})  # each [B, T]

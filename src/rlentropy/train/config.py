@@ -1,0 +1,359 @@
+"""The training configuration: typed sections, YAML loading, `a.b=c` overrides, one-line errors.
+
+    cfg = load_config("configs/demo_countdown.yaml", ["train.steps=5", "algorithm.control=clip_b"])
+
+Every section forbids unknown keys. A bad key or value raises `ConfigError` with one line naming the
+key and what is allowed (the CLI prints it and exits 2). docs/training.md is the reference.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rlentropy.data.tasks import DataConfig
+from rlentropy.errors import ConfigError
+from rlentropy.models.loading import ModelConfig
+from rlentropy.train.probes import ProbesConfig
+
+AdvantageName = Literal["grpo", "dr_grpo", "rloo", "reinforce_pp"]
+LossName = Literal["ppo", "gspo", "cispo", "ce_gppo", "clip_cov", "kl_cov"]
+AggregationMode = Literal["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+ControlName = Literal["none", "clip_b", "clip_v", "high_entropy", "quadrant"]
+ControllerName = Literal["none", "entropy_coef", "clip_threshold"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RolloutConfig(_Section):
+    """`rollout:` how completions are sampled (HF generate with KV cache).
+
+    Attributes:
+        max_new_tokens: response length cap. temperature / top_p: sampling distribution (the same
+        temperature scales the logits of every statistic and of the loss). batch_size: sequences per
+        generate call (null = all at once). per_prompt_seeds: sample each prompt's group in its own
+        generate call seeded by (train.seed, step, global prompt index), so the samples do not depend on
+        how prompts are split over processes (slower; for multi-process parity checks).
+    """
+
+    engine: Literal["hf"] = "hf"
+    max_new_tokens: int = Field(default=64, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    batch_size: int | None = Field(default=None, ge=1)
+    per_prompt_seeds: bool = False
+
+
+class KLConfig(_Section):
+    """`algorithm.kl:` penalty toward a frozen reference policy (off when coef = 0).
+
+    Attributes:
+        coef: weight β of the penalty added to the loss (aggregated like the policy loss).
+        estimator: "k1" = log π − log π_ref; "k3" = exp(log π_ref − log π) − (log π_ref − log π) − 1.
+    """
+
+    coef: float = Field(default=0.0, ge=0)
+    estimator: Literal["k1", "k3"] = "k3"
+
+
+class AlgorithmConfig(_Section):
+    """`algorithm:` advantage, policy loss, aggregation, entropy control, bonus, controller, KL.
+
+    Attributes:
+        advantage / advantage_params: advantage estimator and its keyword parameters.
+        loss / loss_params: policy loss (clip_cov and kl_cov are the Cui et al. controls) and its
+            parameters (e.g. eps_low, eps_high, clip_ratio_c, clip_cov_ratio, kl_cov_ratio, ppo_kl_coef).
+        cov_selection: for clip_cov / kl_cov, pick the controlled tokens once per step over the whole
+            batch from the old-policy log-probs ("batch": independent of the micro-batch split and of
+            the number of processes) or per micro-batch from the current log-probs ("micro_batch",
+            as upstream verl).
+        aggregation: how the per-token loss matrix becomes a scalar; max_len for seq-mean-token-sum-norm
+            (default rollout.max_new_tokens).
+        control / control_params: mask edit applied after the old-policy statistics (clip_b: mu, sides;
+            clip_v: mu, max_frac, clip_zero_adv; high_entropy: rho; quadrant: keep, baseline).
+        entropy_bonus: coefficient c of −c·agg(H) (0 = off).
+        controller / controller_params: adaptive controller ("entropy_coef" drives entropy_bonus,
+            "clip_threshold" drives the mu of clip_b / clip_v) toward a target entropy.
+        kl: reference-model KL penalty.
+    """
+
+    advantage: AdvantageName = "grpo"
+    advantage_params: dict[str, Any] = Field(default_factory=dict)
+    loss: LossName = "ppo"
+    loss_params: dict[str, Any] = Field(default_factory=dict)
+    cov_selection: Literal["batch", "micro_batch"] = "batch"
+    aggregation: AggregationMode = "token-mean"
+    max_len: int | None = Field(default=None, ge=1)
+    control: ControlName = "none"
+    control_params: dict[str, Any] = Field(default_factory=dict)
+    entropy_bonus: float = Field(default=0.0, ge=0)
+    controller: ControllerName = "none"
+    controller_params: dict[str, Any] = Field(default_factory=dict)
+    kl: KLConfig = Field(default_factory=KLConfig)
+
+
+class OptimConfig(_Section):
+    """`optim:` AdamW and the learning-rate schedule (stepped once per training step).
+
+    Attributes:
+        lr: peak learning rate. weight_decay, betas, eps: AdamW. warmup_steps: linear warm-up from 0.
+        schedule: after warm-up, "constant", "linear" (to 0 at train.steps) or "cosine" (to min_lr_ratio·lr).
+    """
+
+    lr: float = Field(default=1e-6, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0)
+    warmup_steps: int = Field(default=0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+
+
+class TrainConfig(_Section):
+    """`train:` the budget and batch geometry.
+
+    Attributes:
+        steps: training steps (one rollout batch each). prompts_per_step × group_size sequences per step.
+        mini_batches: optimizer updates per PPO epoch (groups are split by index modulo mini_batches).
+        ppo_epochs: passes over the rollout batch. micro_batch_size: sequences per forward/backward
+            (null = the whole mini-batch); the loss uses the global token count, so the update does not
+            depend on it. grad_clip: max global grad norm (null = no clipping). seed: everything random.
+        device: "auto" (GPU when present), "cpu" or "cuda". stats_batch_size: sequences per no-grad
+            statistics forward (null = micro_batch_size or all).
+        max_nonfinite: consecutive non-finite updates tolerated before stopping (TrainingError).
+    """
+
+    steps: int = Field(default=100, ge=1)
+    prompts_per_step: int = Field(default=8, ge=1)
+    group_size: int = Field(default=8, ge=1)
+    mini_batches: int = Field(default=1, ge=1)
+    ppo_epochs: int = Field(default=1, ge=1)
+    micro_batch_size: int | None = Field(default=None, ge=1)
+    stats_batch_size: int | None = Field(default=None, ge=1)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_nonfinite: int = Field(default=3, ge=1)
+
+
+class CheckpointConfig(_Section):
+    """`checkpoint:` every K steps (0 = only at the end), keep the newest `keep_last`."""
+
+    every: int = Field(default=0, ge=0)
+    keep_last: int = Field(default=2, ge=1)
+    save_final: bool = True
+
+
+class LoggingConfig(_Section):
+    """`logging:` sinks. metrics.jsonl is always written.
+
+    Attributes:
+        tensorboard: scalars under run_dir/tensorboard. wandb: also log to Weights & Biases (needs the
+        package). rollouts_every: write rollouts/step_N.jsonl.gz every K steps (0 = never).
+    """
+
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "rlentropy"
+    rollouts_every: int = Field(default=0, ge=0)
+
+
+class EvalConfig(_Section):
+    """`eval:` evaluation on the task's eval split (pass@k) during and after training.
+
+    Attributes:
+        every: evaluate every K steps (0 = never during training). at_end: evaluate the final policy.
+        n: samples per prompt. max_prompts: first N eval prompts (null = all). temperature / top_p /
+        max_new_tokens: sampling (null max_new_tokens = rollout.max_new_tokens).
+    """
+
+    every: int = Field(default=0, ge=0)
+    at_end: bool = False
+    n: int = Field(default=8, ge=1)
+    max_prompts: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_new_tokens: int | None = Field(default=None, ge=1)
+
+
+class RunConfig(_Section):
+    """The whole training config (one YAML file). `run_dir` defaults to runs/<name>."""
+
+    name: str = "run"
+    run_dir: str | None = None
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    probes: ProbesConfig = Field(default_factory=ProbesConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "RunConfig":
+        a = self.algorithm
+        if a.controller == "clip_threshold" and a.control not in ("clip_b", "clip_v"):
+            raise ValueError("algorithm.controller: 'clip_threshold' needs algorithm.control clip_b or clip_v")
+        if a.controller == "entropy_coef" and a.entropy_bonus == 0:
+            raise ValueError("algorithm.controller: 'entropy_coef' needs algorithm.entropy_bonus > 0 (its start value)")
+        if self.train.mini_batches > self.train.prompts_per_step:
+            raise ValueError("train.mini_batches: must be <= train.prompts_per_step (groups are split across mini-batches)")
+        return self
+
+    def resolved_run_dir(self) -> Path:
+        """`run_dir`, or runs/<name> when unset."""
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+
+# ---------------------------------------------------------------------------------------------------
+# Errors: pydantic's multi-line reports → one line naming the key and what is allowed.
+
+
+def _section_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    cur: Any = model
+    for part in loc:
+        if not (isinstance(cur, type) and issubclass(cur, BaseModel)):
+            return None
+        field = cur.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        cur = ann
+        if get_origin(ann) is not None:  # Optional[Section] and the like
+            subs = [a for a in get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+            cur = subs[0] if subs else None
+    return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
+
+
+def _literal_values(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    parent = _section_at(model, loc[:-1]) if len(loc) > 1 else model
+    if parent is None:
+        return None
+    field = parent.model_fields.get(str(loc[-1]))
+    if field is None:
+        return None
+    ann = field.annotation
+    if get_origin(ann) is Literal:
+        return [str(v) for v in get_args(ann)]
+    return None
+
+
+def format_validation_error(err: ValidationError, root: type[BaseModel] = RunConfig, prefix: str = "") -> str:
+    """One line for the first problem in `err`: `<key>: <what is wrong>; allowed: ...`."""
+    e = err.errors()[0]
+    loc = tuple(e["loc"])
+    key = prefix + ".".join(str(p) for p in loc) if loc else (prefix.rstrip(".") or "config")
+    kind = e["type"]
+    given = e.get("input")
+    if kind == "extra_forbidden":
+        section = _section_at(root, loc[:-1]) if len(loc) > 1 else root
+        allowed = ", ".join(section.model_fields) if section is not None else "?"
+        return f"{key}: unknown key; allowed keys here: {allowed}"
+    if kind == "literal_error":
+        values = _literal_values(root, loc) or []
+        return f"{key}: {given!r} is not allowed; allowed: {', '.join(values)}"
+    if kind == "value_error":
+        msg = str(e.get("msg", "")).removeprefix("Value error, ")
+        return msg if ":" in msg.split(" ")[0] else f"{key}: {msg}"
+    return f"{key}: {e['msg'].lower()} (got {given!r})"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading.
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-5` as a float (YAML 1.2), not as the string YAML 1.1 makes of it."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """`yaml.safe_load` with YAML 1.2 floats (`1e-5` is a number)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`"a.b=c"` → (["a", "b"], yaml-parsed c). A value is a YAML scalar or flow collection."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key.sub=value")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not key.strip() or any(not p for p in parts):
+        raise ConfigError(f"override {item!r}: empty key")
+    try:
+        value = yaml_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r} as YAML") from err
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each `a.b=c` into the nested dict `data` (in place) and return it."""
+    for item in overrides:
+        parts, value = parse_override(item)
+        cur = data
+        for i, p in enumerate(parts[:-1]):
+            nxt = cur.get(p)
+            if nxt is None:
+                nxt = cur[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {'.'.join(parts)}: {'.'.join(parts[: i + 1])} is not a section")
+            cur = nxt
+        cur[parts[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a non-mapping top level is a ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {str(p)!r}{where}: invalid YAML") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r}: the top level must be a mapping of sections")
+    return data
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Validate a nested dict into a `RunConfig` (ConfigError with one line on failure)."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """YAML file (or defaults when None) + overrides → validated `RunConfig`."""
+    data = read_yaml(path) if path is not None else {}
+    return config_from_dict(apply_overrides(data, list(overrides or [])))
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML (every field, defaults included)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

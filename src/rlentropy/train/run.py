@@ -1,0 +1,57 @@
+"""`rlentropy train CONFIG [key=value ...]` and `rlentropy train --resume RUN_DIR [key=value ...]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rlentropy.errors import ConfigError
+from rlentropy.train.config import RunConfig, apply_overrides, config_from_dict, load_config, read_yaml
+from rlentropy.train.trainer import StepHook, Trainer
+
+
+def resume_config(run_dir: str | Path, overrides: list[str]) -> RunConfig:
+    """The resolved config.yaml of `run_dir` (+ overrides, e.g. a larger train.steps), run_dir pinned."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--resume: {str(run_dir)!r} is not a run directory (no config.yaml)")
+    data = apply_overrides(read_yaml(run_dir / "config.yaml"), overrides)
+    data["run_dir"] = str(run_dir)
+    return config_from_dict(data)
+
+
+def run_training(cfg: RunConfig, *, resume: bool = False, quiet: bool = True, step_hook: StepHook | None = None) -> Trainer:
+    """Set up, train and clean up; returns the trainer (its `history` holds every step's metrics)."""
+    trainer = Trainer(cfg, resume=resume, quiet=quiet, step_hook=step_hook)
+    try:
+        trainer.setup()
+        trainer.train()
+    finally:
+        trainer.cleanup()
+    return trainer
+
+
+def train_command(config: Path | None, overrides: list[str], resume: Path | None, quiet: bool) -> Any:
+    """CLI entry: either a config (+ overrides) or `--resume RUN_DIR` (+ overrides)."""
+    if resume is not None:
+        if config is not None:
+            # typer puts the first positional into `config`; with --resume it is an override
+            overrides = [str(config), *overrides]
+        cfg = resume_config(resume, overrides)
+        trainer = run_training(cfg, resume=True, quiet=quiet)
+    else:
+        if config is None:
+            raise ConfigError("train: give a config file (see configs/) or --resume RUN_DIR")
+        if "=" in str(config) and not Path(config).exists():
+            raise ConfigError(f"train: the first argument must be a YAML config file, got override {str(config)!r}")
+        cfg = load_config(config, overrides)
+        trainer = run_training(cfg, resume=False, quiet=quiet)
+    if not quiet:
+        from rich.console import Console
+
+        last = trainer.history[-1] if trainer.history else {}
+        Console().print(
+            f"[bold]done[/]: {trainer.step} steps in {trainer.run_dir} — reward {last.get('reward/mean', float('nan')):.3f}, "
+            f"entropy {last.get('entropy/mean', float('nan')):.3f}"
+        )
+    return trainer

@@ -1,0 +1,122 @@
+"""Config loading, overrides and one-line errors (in process and through the CLI in a subprocess)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlentropy.errors import ConfigError
+from rlentropy.train.config import RunConfig, apply_overrides, dump_config, load_config, parse_override
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_overrides_are_yaml_scalars(tmp_path):
+    assert parse_override("train.steps=5") == (["train", "steps"], 5)
+    assert parse_override("optim.lr=1e-5") == (["optim", "lr"], 1e-5)
+    assert parse_override("model.path=null") == (["model", "path"], None)
+    assert parse_override("algorithm.loss_params={eps_high: 0.28}") == (["algorithm", "loss_params"], {"eps_high": 0.28})
+    assert parse_override("logging.wandb=true") == (["logging", "wandb"], True)
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("train:\n  steps: 3\nalgorithm:\n  control: clip_b\n")
+    cfg = load_config(cfg_file, ["train.steps=7", "algorithm.control_params.mu=1.5", "name=x"])
+    assert cfg.train.steps == 7 and cfg.algorithm.control_params == {"mu": 1.5} and cfg.name == "x"
+    assert cfg.resolved_run_dir() == Path("runs/x")
+    # the resolved config round-trips
+    again = tmp_path / "again.yaml"
+    again.write_text(dump_config(cfg))
+    assert load_config(again) == cfg
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("algorithm.contrl=clip_b", "algorithm.contrl: unknown key; allowed keys here: advantage, advantage_params, loss,"),
+        ("algorithm.control=clipb", "algorithm.control: 'clipb' is not allowed; allowed: none, clip_b, clip_v, high_entropy, quadrant"),
+        ("train.steps=abc", "train.steps: input should be a valid integer"),
+        ("train.steps=0", "train.steps: input should be greater than or equal to 1"),
+        ("optim.schedule=exp", "optim.schedule: 'exp' is not allowed; allowed: constant, linear, cosine"),
+        ("bogus=1", "bogus: unknown key; allowed keys here: name, run_dir, model, data,"),
+        ("algorithm.controller=clip_threshold", "algorithm.controller: 'clip_threshold' needs algorithm.control clip_b or clip_v"),
+        ("train.steps.x=1", "train.steps: input should be a valid integer (got {'x': 1})"),
+        ("probes.every=-1", "probes.every: input should be greater than or equal to 0"),
+    ],
+)
+def test_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, [override])
+    text = str(exc.value)
+    assert "\n" not in text
+    assert text.startswith(message), text
+
+
+def test_cli_config_error_is_one_line_exit_2(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("algorithm:\n  control: clipb\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlentropy.cli", "train", str(cfg_file), "train.steps=2"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "error: algorithm.control: 'clipb' is not allowed; allowed: none, clip_b, clip_v, high_entropy, quadrant\n"
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_missing_model_path_exit_2(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(f"model:\n  path: {tmp_path / 'missing-model'}\ntrain:\n  device: cpu\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlentropy.cli", "train", str(cfg_file), f"run_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: model.path: ") and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "run").exists(), "nothing may be written before the inputs are checked"
+
+
+def test_shipped_demo_config_validates():
+    cfg = load_config(REPO / "configs" / "demo_countdown.yaml")
+    assert isinstance(cfg, RunConfig) and cfg.data.task == "countdown"
+    assert apply_overrides({"a": {"b": 1}}, ["a.c=2"]) == {"a": {"b": 1, "c": 2}}
+    with pytest.raises(ConfigError, match="override train.steps.x: train.steps is not a section"):
+        apply_overrides({"train": {"steps": 3}}, ["train.steps.x=1"])
+    with pytest.raises(ConfigError, match="expected key.sub=value"):
+        apply_overrides({}, ["train.steps"])
+
+
+def test_model_source_resolution(tmp_path):
+    from rlentropy.models.loading import resolve_model_source
+
+    assert resolve_model_source(None) == ("shipped", None)
+    assert resolve_model_source("tiny") == ("shipped", None)
+    with pytest.raises(ConfigError, match="not in the local Hugging Face cache"):
+        resolve_model_source("rlentropy-test-org/no-such-model-xyz")
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_model_source(str(tmp_path / "a" / "b" / "c"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="without config.json"):
+        resolve_model_source(str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="model.path"):
+        resolve_model_source(str(tmp_path / "missing.gguf"))
+
+
+def test_wandb_without_package_is_config_error(tmp_path, monkeypatch):
+    import builtins
+
+    from rlentropy.train.sinks import MetricsSink
+
+    real_import = builtins.__import__
+
+    def no_wandb(name, *a, **kw):
+        if name == "wandb":
+            raise ImportError("No module named 'wandb'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    with pytest.raises(ConfigError, match="logging.wandb"):
+        MetricsSink(tmp_path, tensorboard=False, wandb=True)
