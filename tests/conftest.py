@@ -96,3 +96,15 @@ def _register_test_tasks() -> None:
 
 
 _register_test_tasks()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    # accelerate keeps process-wide singleton state; a test that builds TRL's trainer (bf16 / fp32
+    # settings of its own) must not leak it into the next test's Accelerator.
+    yield
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
