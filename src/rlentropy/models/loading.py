@@ -174,7 +174,7 @@ def _load_base(cfg: ModelConfig, device: torch.device, weights_dir: str | None) 
 
         location = str(shipped_policy_path())
     if weights_dir is None and kind == "gguf":
-        # Seam for the GGUF loader (recipes engineer): returns (model, tokenizer).
+        # Seam for the GGUF loader: returns (model, tokenizer).
         from rlentropy.models.gguf import load_gguf_policy
 
         model, tokenizer = load_gguf_policy(location, dtype=dtype)
