@@ -1,25 +1,37 @@
-"""Rollouts with Hugging Face `generate`: batched sampling with a KV cache, left-padded prompts.
+"""Rollouts for Hugging Face causal LMs: batched sampling with a KV cache, left-padded prompts.
 
     gen = HFGenerator(model, tokenizer, max_new_tokens=24, temperature=1.0, stop_strings=["\\n"])
     batch = gen.generate(prompts, examples, n=8, seed=0)     # RolloutBatch, B = len(prompts) * 8
 
+Two engines produce the same kind of batch (same layout, stopping rules and sampling distribution;
+different random streams):
+
+* ``engine="lean"`` (the default for decoder-only models): our own decode loop over the model's
+  forward. Each distinct prompt is prefilled once (the n samples of a prompt share its KV cache,
+  expanded with ``Cache.reorder_cache``), the prefill keeps only the last position's logits, rows
+  that finished (EOS or stop string) are dropped from the batch and the cache at once, and the loop
+  ends when every row is done. Sampling uses a local ``torch.Generator`` seeded with ``seed``.
+* ``engine="hf_generate"``: ``model.generate`` with our warper as the only logits processor and a
+  stop-string stopping criterion (the default for encoder-decoder models). Sampling runs inside
+  ``torch.random.fork_rng`` seeded with ``seed``.
+
 The sampling distribution and `sampler_logp`. At each step the model's next-token logits z (fp32)
-first go through the processors `generate` itself applies (none for a plain causal LM with our
-generation settings: repetition penalty 1, no top-k, no bad words), then through our own warper:
-z / temperature, then the top-p nucleus (the smallest set of most likely tokens whose probability
-reaches `top_p`, at least one token; the rest get -inf). The token is sampled from the softmax of
-the result, and `sampler_logp[b, t]` is the log-softmax of exactly that result at the sampled token.
-So with top_p = 1, `sampler_logp = log_softmax(z / temperature)[token]`, which a teacher-forced
-forward reproduces when it uses the same position ids as generation (see `position_ids_from_mask`).
+go through z / temperature, then the top-p nucleus (the smallest set of most likely tokens whose
+probability reaches `top_p`, at least one token; the rest get -inf). The token is sampled from the
+softmax of the result, and `sampler_logp[b, t]` is the log-softmax of exactly that result at the
+sampled token. Nothing else touches the logits: with ``hf_generate`` every processor of the model's
+own generation_config is neutralised explicitly (repetition penalty 1, no top-k, no min-p ...). So
+with top_p = 1, `sampler_logp = log_softmax(z / temperature)[token]`, which a teacher-forced forward
+reproduces when it uses the same position ids as generation (see `position_ids_from_mask`).
 
 Stopping. A response ends at the first EOS token (kept, and in the mask) or at the end of the first
 stop string (the tokens up to and including the one that completes it are kept and in the mask;
 everything after is padding). `completions` are the decoded responses without special tokens and
 without the stop string. Rows that hit `max_new_tokens` first are `truncated`.
 
-Randomness. All sampling happens inside `torch.random.fork_rng` seeded from `seed` (or from one draw
-of the caller's `generator`), so the global RNG state is left as it was and the same seed gives the
-same batch on CPU for the same `batch_size`.
+Randomness. The global RNG state is left as it was. The seed is `seed`, or one draw from the
+caller's `generator`, or one draw from the global RNG. The same seed, engine and `batch_size` give
+the same batch on the same device.
 """
 
 from __future__ import annotations
@@ -69,9 +81,32 @@ def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     return scores.masked_fill(drop, float("-inf"))
 
 
+def _sampling_scores(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Logits of the sampling distribution: fp32 logits / temperature, then the top-p nucleus.
+
+    Args:
+        logits: [b, V] next-token logits (any float dtype).
+        temperature: > 0.
+        top_p: in (0, 1].
+
+    Returns:
+        [b, V] float32 scores (-inf outside the nucleus); their log-softmax is `sampler_logp`'s source.
+    """
+    scores = logits.float()  # [b, V]
+    if temperature != 1.0:
+        scores = scores / temperature  # [b, V]
+    return top_p_filter(scores, top_p)  # [b, V]
+
+
+def _stop_string_hits(tokenizer: Any, stop_strings: list[str], tails: list[list[int]]) -> list[bool]:
+    """Whether each decoded token window (response tokens only) contains one of the stop strings."""
+    texts = tokenizer.batch_decode(tails, skip_special_tokens=True)
+    return [any(s in t for s in stop_strings) for t in texts]
+
+
 class _SamplingWarper(LogitsProcessor):
     """Applies temperature and top-p as the last processor and records the log-prob of each sampled
-    token under the resulting distribution.
+    token under the resulting distribution (``hf_generate`` engine).
 
     `generate` calls it once per step with the ids so far; the token sampled at step t is the last id
     at step t + 1, so the log-probs of step t are kept (one [b, V] tensor) until then. `finish` reads
@@ -86,12 +121,9 @@ class _SamplingWarper(LogitsProcessor):
         self._logps: list[torch.Tensor] = []  # T tensors [b]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        scores = scores.float()  # [b, V]
-        if self.temperature != 1.0:
-            scores = scores / self.temperature  # [b, V]
-        scores = top_p_filter(scores, self.top_p)  # [b, V]
         if self._prev is not None:
             self._logps.append(self._prev.gather(1, input_ids[:, -1:]).squeeze(1))  # [b]
+        scores = _sampling_scores(scores, self.temperature, self.top_p)  # [b, V]
         self._prev = torch.log_softmax(scores, dim=-1)  # [b, V]
         return scores
 
@@ -106,7 +138,8 @@ class _SamplingWarper(LogitsProcessor):
 
 
 class _StopOnStrings(StoppingCriteria):
-    """Marks a row done once its *response* (never the prompt) contains one of the stop strings.
+    """Marks a row done once its *response* (never the prompt) contains one of the stop strings
+    (``hf_generate`` engine; the lean loop applies the same window test to its active rows).
 
     Only the last `window` response tokens are decoded each step: a stop string that was not present
     one step earlier must end in the newest token, and every token decodes to at least one character
@@ -121,23 +154,41 @@ class _StopOnStrings(StoppingCriteria):
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         tail = input_ids[:, max(self.prompt_len, input_ids.shape[1] - self.window) :]  # [b, <= window]
-        texts = self.tokenizer.batch_decode(tail.tolist(), skip_special_tokens=True)
-        hit = [any(s in t for s in self.stop_strings) for t in texts]
+        hit = _stop_string_hits(self.tokenizer, self.stop_strings, tail.tolist())
         return torch.tensor(hit, dtype=torch.bool, device=input_ids.device)  # [b]
 
 
+ENGINES = ("auto", "lean", "hf_generate")
+
+
+def _accepts_logits_to_keep(model: Any) -> bool:
+    """Whether the model's forward (under a PEFT wrapper, the base model's) takes `logits_to_keep`."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class HFGenerator:
-    """Sample n completions per prompt with `model.generate` and return a `RolloutBatch`.
+    """Sample n completions per prompt from a Hugging Face causal LM and return a `RolloutBatch`.
 
     Args:
-        model: a Hugging Face causal LM (any `GenerationMixin` model), on its device.
+        model: a Hugging Face causal LM, on its device (a PEFT-wrapped one works too).
         tokenizer: its tokenizer; a missing pad token falls back to EOS.
         max_new_tokens: response budget per sample.
         temperature: > 0; logits are divided by it before sampling.
         top_p: in (0, 1]; nucleus sampling after the temperature.
         stop_strings: a response also ends at the end of the first of these strings.
-        batch_size: rows (prompt × sample) per `generate` call; None = all at once. The samples
-            depend on it (the RNG stream is consumed chunk by chunk), so keep it fixed to reproduce.
+        batch_size: rows (prompt × sample) per decode loop / `generate` call; None = all at once. The
+            samples depend on it (the RNG stream is consumed chunk by chunk), so keep it fixed to
+            reproduce.
+        engine: "auto" (default: "lean" for decoder-only models, "hf_generate" for encoder-decoder
+            ones), "lean" (our decode loop, see the module docstring) or "hf_generate"
+            (`model.generate`). Both sample the same distribution and apply the same stopping rules;
+            their random streams differ.
     """
 
     def __init__(
@@ -150,6 +201,7 @@ class HFGenerator:
         top_p: float = 1.0,
         stop_strings: Sequence[str] = (),
         batch_size: int | None = None,
+        engine: str = "auto",
     ):
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens: must be a positive integer, got {max_new_tokens!r}")
@@ -163,6 +215,12 @@ class HFGenerator:
             raise ValueError("stop_strings: must be a sequence of strings, not one string")
         if any(not isinstance(s, str) or not s for s in stop_strings):
             raise ValueError(f"stop_strings: must be non-empty strings, got {list(stop_strings)!r}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
+        encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+        if engine == "lean" and encoder_decoder:
+            raise ValueError("engine: 'lean' supports decoder-only models; "
+                             "use 'hf_generate' for encoder-decoder models")
         self.model = model
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
@@ -170,6 +228,7 @@ class HFGenerator:
         self.top_p = float(top_p)
         self.stop_strings = list(stop_strings)
         self.batch_size = batch_size
+        self.engine = engine if engine != "auto" else ("hf_generate" if encoder_decoder else "lean")
 
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         if eos is None:
@@ -250,37 +309,130 @@ class HFGenerator:
             tok.padding_side = old_side
         prompt_ids = enc["input_ids"].repeat_interleave(n, dim=0)  # [B, P]
         prompt_mask = enc["attention_mask"].repeat_interleave(n, dim=0)  # [B, P]
-        B, P = prompt_ids.shape
-        chunk = self.batch_size or B
 
-        cfg = self._generation_config()
-        responses: list[torch.Tensor] = []
-        logps: list[torch.Tensor] = []
         was_training = model.training
         model.eval()
-        fork_devices = [device.index or 0] if device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=fork_devices):
-                torch.manual_seed(seed)
-                for start in range(0, B, chunk):
-                    ids = prompt_ids[start : start + chunk].to(device)  # [b, P]
-                    mask = prompt_mask[start : start + chunk].to(device)  # [b, P]
-                    warper = _SamplingWarper(self.temperature, self.top_p, P)
-                    seqs = model.generate(
-                        input_ids=ids,
-                        attention_mask=mask,
-                        generation_config=cfg,
-                        logits_processor=LogitsProcessorList([warper]),
-                        stopping_criteria=StoppingCriteriaList(
-                            [_StopOnStrings(tok, self.stop_strings, P)] if self.stop_strings else []
-                        ),
-                    )  # [b, P + t]
-                    responses.append(seqs[:, P:].cpu())  # [b, t]
-                    logps.append(warper.finish(seqs).cpu())  # [b, t]
+            if self.engine == "lean":
+                responses, logps = self._sample_lean(enc["input_ids"], enc["attention_mask"], n, seed, device)
+            else:
+                responses, logps = self._sample_hf(prompt_ids, prompt_mask, seed, device)
         finally:
             model.train(was_training)
 
         return self._assemble(prompts, examples, n, prompt_ids, prompt_mask, responses, logps)
+
+    def _sample_hf(self, prompt_ids, prompt_mask, seed, device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``hf_generate`` engine: chunks of [b, t] response ids and their sampler log-probs (CPU)."""
+        B, P = prompt_ids.shape
+        chunk = self.batch_size or B
+        cfg = self._generation_config()
+        responses: list[torch.Tensor] = []
+        logps: list[torch.Tensor] = []
+        fork_devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(seed)
+            for start in range(0, B, chunk):
+                ids = prompt_ids[start : start + chunk].to(device)  # [b, P]
+                mask = prompt_mask[start : start + chunk].to(device)  # [b, P]
+                warper = _SamplingWarper(self.temperature, self.top_p, P)
+                seqs = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    generation_config=cfg,
+                    logits_processor=LogitsProcessorList([warper]),
+                    stopping_criteria=StoppingCriteriaList(
+                        [_StopOnStrings(self.tokenizer, self.stop_strings, P)] if self.stop_strings else []
+                    ),
+                )  # [b, P + t]
+                responses.append(seqs[:, P:].cpu())  # [b, t]
+                logps.append(warper.finish(seqs).cpu())  # [b, t]
+        return responses, logps
+
+    def _sample_lean(self, enc_ids, enc_mask, n, seed, device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``lean`` engine: chunks of [b, t] response ids and their sampler log-probs (CPU).
+
+        `enc_ids` / `enc_mask` are the [P, L] left-padded prompts, not yet repeated n times.
+        """
+        B = enc_ids.shape[0] * n
+        chunk = self.batch_size or B
+        rng = torch.Generator(device=device)
+        rng.manual_seed(seed)
+        keep_last = {"logits_to_keep": 1} if _accepts_logits_to_keep(self.model) else {}
+        responses: list[torch.Tensor] = []
+        logps: list[torch.Tensor] = []
+        for start in range(0, B, chunk):
+            rows = torch.arange(start, min(start + chunk, B))  # [b] global row indices
+            ids, lps = self._lean_chunk(enc_ids, enc_mask, rows // n, rng, device, keep_last)
+            responses.append(ids)
+            logps.append(lps)
+        return responses, logps
+
+    def _lean_chunk(self, enc_ids, enc_mask, prompt_of_row, rng, device, keep_last):
+        """Decode one chunk: rows `prompt_of_row` [b] (indices into the [P, L] prompts, non-decreasing).
+
+        Returns:
+            ([b, t] response ids padded with pad_id after each row's end, [b, t] float32 log-probs).
+        """
+        model = self.model
+        first = int(prompt_of_row[0])
+        expand_cpu = prompt_of_row - first  # [b] row -> distinct prompt of this chunk
+        ids_u = enc_ids[first : int(prompt_of_row[-1]) + 1].to(device)  # [U, L]
+        mask_u = enc_mask[first : int(prompt_of_row[-1]) + 1].to(device)  # [U, L]
+        b, U, L = int(prompt_of_row.shape[0]), int(ids_u.shape[0]), int(ids_u.shape[1])
+        T_max = self.max_new_tokens
+
+        # Prefill each distinct prompt once; its n samples share the cache rows after the expansion.
+        out = model(input_ids=ids_u, attention_mask=mask_u, position_ids=position_ids_from_mask(mask_u),
+                    use_cache=True, **keep_last)
+        cache = out.past_key_values
+        if cache is None or not hasattr(cache, "reorder_cache"):
+            raise ValueError(f"engine: the model returned no reorderable KV cache ({type(cache).__name__}); "
+                             "use engine='hf_generate'")
+        logits = out.logits[:, -1]  # [U, V]
+        del out
+        expand = expand_cpu.to(device)  # [b]
+        if b != U:
+            cache.reorder_cache(expand)
+            logits = logits[expand]  # [b, V]
+        next_pos = mask_u.sum(-1, keepdim=True)[expand]  # [b, 1] position of response token 0
+        mask = torch.cat([mask_u[expand], mask_u.new_ones(b, T_max)], dim=1)  # [b, L + T_max]
+        padded = (enc_mask[first : int(prompt_of_row[-1]) + 1] == 0).any(-1)[expand_cpu]  # [b] CPU bool
+
+        eos = torch.tensor(self.eos_ids)  # [n_eos]
+        window = max(len(s) for s in self.stop_strings) + 1 if self.stop_strings else 0
+        out_ids = torch.full((b, T_max), self.pad_id, dtype=torch.long)  # [b, T_max] CPU
+        out_lp = torch.zeros(b, T_max, dtype=torch.float32)  # [b, T_max] CPU
+        active = torch.arange(b)  # [a] chunk rows still decoding (CPU)
+        steps = 0
+        for t in range(T_max):
+            logp = torch.log_softmax(_sampling_scores(logits, self.temperature, self.top_p), dim=-1)  # [a, V]
+            token = torch.multinomial(logp.exp(), 1, generator=rng)  # [a, 1]
+            token_cpu = token.squeeze(1).cpu()  # [a]
+            out_ids[active, t] = token_cpu
+            out_lp[active, t] = logp.gather(1, token).squeeze(1).cpu()
+            steps = t + 1
+            done = torch.isin(token_cpu, eos)  # [a]
+            if window:
+                check = (~done).nonzero().squeeze(1).tolist()
+                if check:
+                    tails = out_ids[active[check], max(0, t + 1 - window) : t + 1].tolist()  # [c, <= window]
+                    hits = _stop_string_hits(self.tokenizer, self.stop_strings, tails)
+                    done[[i for i, h in zip(check, hits) if h]] = True
+            if t == T_max - 1 or bool(done.all()):
+                break
+            if bool(done.any()):  # finished rows leave the batch and the cache
+                keep_cpu = (~done).nonzero().squeeze(1)  # [a']
+                keep = keep_cpu.to(device)
+                active, padded = active[keep_cpu], padded[keep_cpu]
+                cache.reorder_cache(keep)
+                token, next_pos, mask = token[keep], next_pos[keep], mask[keep]
+            # without left padding among the active rows no mask is needed (plain causal attention)
+            step_mask = mask[:, : L + t + 1] if bool(padded.any()) else None  # [a, L + t + 1]
+            logits = model(input_ids=token, attention_mask=step_mask, position_ids=next_pos,
+                           past_key_values=cache, use_cache=True).logits[:, -1]  # [a, V]
+            next_pos = next_pos + 1
+        return out_ids[:, :steps], out_lp[:, :steps]
 
     def _end_of(self, resp: list[int]) -> tuple[int, bool, str]:
         """(number of kept tokens, stopped by a stop string, completion text) for one raw response."""
