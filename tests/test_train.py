@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from rlentropy.errors import ConfigError, DataError, TrainingError
 from rlentropy.train.run import run_training
-from rlentropy.train.trainer import DataCursor, make_lr_lambda
+from rlentropy.train.trainer import DataCursor, derive_seed, make_lr_lambda
 
 REQUIRED = [
     "reward/mean", "reward/std", "reward/pass_rate", "reward/zero_var_group_frac", "entropy/mean",
@@ -257,7 +258,20 @@ def test_controllers_and_in_training_eval(fast_cfg, tmp_path):
     assert abs(h[0]["controller/mu"] - 2.5 * math.exp(0.1)) < 1e-9
     assert abs(h[1]["control/mu"] - 2.5 * math.exp(0.1)) < 1e-9
     assert 0.0 <= h[1]["eval/pass@1"] <= h[1]["eval/pass@2"] <= 1.0
-    assert (tmp_path / "ct" / "eval" / "step_2" / "metrics.json").is_file()
+    # the in-training eval is saved like `rlentropy eval` saves it: settings record + eval/metrics.csv,
+    # so `rlentropy eval` with the same settings skips the step instead of recomputing it
+    rec = json.loads((tmp_path / "ct" / "eval" / "step_2" / "metrics.json").read_text())
+    seed = derive_seed(0, "eval") % (2**31)
+    assert rec["step"] == 2 and rec["pass@1"] == h[1]["eval/pass@1"]
+    assert rec["settings"] == {"task": "c2_parity", "dataset": None, "n": 2, "temperature": 1.0, "top_p": 1.0,
+                               "max_new_tokens": 12, "max_prompts": 2, "seed": seed}
+    csv_lines = (tmp_path / "ct" / "eval" / "metrics.csv").read_text().splitlines()
+    assert len(csv_lines) == 2 and csv_lines[1].startswith("2,")
+    from rlentropy.evaluate.run import evaluate_run
+
+    logs: list[str] = []
+    evaluate_run(tmp_path / "ct", n=2, temperature=1.0, max_prompts=2, seed=seed, include_base=False, log=logs.append)
+    assert logs == ["step_2: already evaluated, skipped (use --force to recompute)"]
     # entropy_coef: entropy above target → coefficient moves down by delta, clamped at coef_min = 0;
     # with gate=False the bonus applies from step 1 and changes the loss.
     cfg = _cfg(fast_cfg, algorithm={"entropy_bonus": 0.01, "controller": "entropy_coef",
@@ -266,3 +280,60 @@ def test_controllers_and_in_training_eval(fast_cfg, tmp_path):
     h = run_training(cfg).history
     assert abs(h[0]["controller/entropy_coef"] - 0.006) < 1e-12 and abs(h[1]["controller/entropy_coef"] - 0.002) < 1e-12
     assert "loss/entropy_term" in h[0] and h[0]["loss/entropy_term"] > 4.0
+
+
+def test_gns_gets_per_sequence_weights_for_the_exact_effective_sample_size(fast_cfg, tmp_path, monkeypatch):
+    # The trainer hands the probe each micro-batch's per-sequence loss weights Σ_t token_weights (a [b]
+    # tensor), so the noise-scale estimate uses the exact effective sample size (Σw)² / Σw² of each
+    # accumulation instead of the step's ESS pro-rated by weight. Clip_B (mu 0.5) removes tokens from
+    # some A < 0 rows, so the weights are unequal.
+    from rlentropy.train.probes import DynamicsProbe
+
+    seen: list[torch.Tensor] = []
+    original = DynamicsProbe.on_micro_batch
+
+    def spy(self, step, *, model, weight):
+        seen.append(weight.detach().clone() if isinstance(weight, torch.Tensor) else torch.tensor(weight))
+        return original(self, step, model=model, weight=weight)
+
+    monkeypatch.setattr(DynamicsProbe, "on_micro_batch", spy)
+    cfg = _cfg(fast_cfg, algorithm={"control": "clip_b", "control_params": {"mu": 0.5}},
+               train={"steps": 1, "ppo_epochs": 1, "mini_batches": 2, "micro_batch_size": 4},
+               probes={"every": 1, "step_probe": False, "logit_check": False}, run_dir=str(tmp_path / "gns"))
+    m = run_training(cfg).history[0]
+    assert m["probe/gns_accumulations"] == 2.0 and m["probe/gns_micro_batches"] == 4.0
+    arrays = np.load(tmp_path / "gns" / "dynamics" / "step_1.npz")
+    seq_w = torch.from_numpy((arrays["token_weights"] * arrays["loss_mask"]).sum(-1)).double()  # [16]
+    groups = torch.arange(16) // 4  # 4 prompts × 4 samples, rows in group order
+    assert seq_w.unique().numel() > 1  # unequal weights: the exact ESS is below the row count
+    exact = []
+    micro = 0
+    for j in range(2):  # mini-batch j = the groups with index % 2 == j, split into micro-batches of 4 rows
+        rows = torch.nonzero(groups % 2 == j).flatten()
+        w = seq_w[rows]
+        exact.append(float(w.sum() ** 2 / (w**2).sum()))
+        for k in range(0, len(rows), 4):
+            assert seen[micro].shape == (4,)
+            torch.testing.assert_close(seen[micro].double(), seq_w[rows[k : k + 4]], rtol=1e-6, atol=0)
+            micro += 1
+    assert micro == len(seen) == 4
+    assert m["probe/gns_ess"] == pytest.approx(sum(exact) / 2, rel=1e-6)  # float32 weights
+
+
+def test_control_metrics_count_removed_tokens_with_nonzero_advantage():
+    from rlentropy.train.controls import ControlState, apply_control
+
+    # Clip_V, mu 1, no cap: xD = s_bar − S = [[0, 0, 3], [0, 0, 3]], mean 1, population std
+    # sqrt(18/6 − 1) = sqrt(2) ≈ 1.414; the two xD = 3 tokens fail. Row 0 has A = −1 (dropped as a
+    # penalised token), row 1 has A = 0 (dropped too, upstream's clip_zero_adv): 2 of 6 tokens removed,
+    # 1 of 6 with a non-zero advantage.
+    s = torch.zeros(2, 3)
+    s_bar = torch.tensor([[0.0, 0.0, 3.0], [0.0, 0.0, 3.0]])
+    adv = torch.tensor([[-1.0, -1.0, -1.0], [0.0, 0.0, 0.0]])
+    mask = torch.ones(2, 3)
+    state = ControlState(control="clip_v", params={"max_frac": 1.0}, mu=1.0, entropy_coef=0.0)
+    new, m = apply_control(state, s=s, s_bar=s_bar, entropy=s, advantages=adv, mask=mask)
+    assert new.tolist() == [[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]
+    assert m["control/frac_removed"] == pytest.approx(2 / 6) and m["control/frac_removed_active"] == pytest.approx(1 / 6)
+    none = ControlState(control="none", params={}, mu=None, entropy_coef=0.0)
+    assert apply_control(none, s=s, s_bar=s_bar, entropy=s, advantages=adv, mask=mask)[1]["control/frac_removed_active"] == 0.0

@@ -82,6 +82,15 @@ def test_cli_missing_model_path_exit_2(tmp_path):
 def test_shipped_demo_config_validates():
     cfg = load_config(REPO / "configs" / "demo_countdown.yaml")
     assert isinstance(cfg, RunConfig) and cfg.data.task == "countdown"
+    # every demo method's overrides give a valid config that switches exactly that method on
+    methods = cfg.demo.methods
+    assert list(methods) == ["grpo", "clip_b", "clip_v", "clip_cov", "kl_cov"] and cfg.demo.rule
+    runs = {m: load_config(REPO / "configs" / "demo_countdown.yaml", o) for m, o in methods.items()}
+    assert runs["grpo"].algorithm.control == "none" and runs["grpo"].algorithm.loss == "ppo"
+    assert runs["clip_b"].algorithm.control == "clip_b" and runs["clip_v"].algorithm.control == "clip_v"
+    assert runs["clip_cov"].algorithm.loss == "clip_cov" and runs["kl_cov"].algorithm.loss == "kl_cov"
+    with pytest.raises(ConfigError, match="demo.nope: unknown key; allowed keys here: methods, rule"):
+        load_config(None, ["demo.nope=1"])
     assert apply_overrides({"a": {"b": 1}}, ["a.c=2"]) == {"a": {"b": 1, "c": 2}}
     with pytest.raises(ConfigError, match="override train.steps.x: train.steps is not a section"):
         apply_overrides({"train": {"steps": 3}}, ["train.steps.x=1"])

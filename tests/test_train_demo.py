@@ -8,23 +8,60 @@ import math
 import pytest
 
 from rlentropy.errors import ConfigError
-from rlentropy.train.demo import METHODS, demo_command, run_demo, summary_markdown
+from rlentropy.train.demo import (EVAL_SEED, METHODS, _controlled, _library_defaults, demo_command, run_demo,
+                                  summary_markdown)
 
 
 def test_demo_runs_and_writes_summary_and_report(tiny_model_dir, tmp_path):
     out = tmp_path / "demo"
-    path = run_demo(out, quiet=True, workers=1, methods=["grpo", "clip_b"], overrides=[
-        f"model.path={tiny_model_dir}", "train.steps=1", "train.prompts_per_step=2", "train.group_size=4",
+    overrides = [
+        f"model.path={tiny_model_dir}", "train.steps=2", "train.prompts_per_step=2", "train.group_size=4",
         "train.mini_batches=1", "rollout.max_new_tokens=8", "eval.n=2", "eval.max_prompts=2", "logging.tensorboard=false",
-    ])
+        "probes.every=1", "probes.probe_prompts=1", "probes.logit_check=false",
+    ]
+    path = run_demo(out, quiet=True, workers=1, methods=["grpo", "clip_b"], overrides=overrides)
     text = path.read_text()
     assert "| grpo | 0 |" in text and "| clip_b | 0 |" in text and "| base (step 0) |" in text
+    # the method parameters come from the config's demo.methods, listed with the upstream defaults
+    assert "* clip_b: algorithm.control=clip_b; mu 1.5 (library/upstream default 2.5)" in text
+    assert "ΔH corr" in text and "ΔH sign agree" in text
     data = json.loads((out / "summary.json").read_text())
     assert [r["method"] for r in data["runs"]] == ["grpo", "clip_b"]
     for r in data["runs"]:
+        run = out / f"{r['method']}-s0"
         assert math.isfinite(r["entropy_final"]) and 0.0 <= r["pass@1"] <= r["pass@2"] <= 1.0
-        assert (out / f"{r['method']}-s0" / "metrics.jsonl").is_file()
+        assert (run / "metrics.jsonl").is_file()
+        # both probed steps enter the predicted-vs-measured agreement
+        assert r["probe_n"] == 2 and 0.0 <= r["probe_sign_agree"] <= 1.0
+        # base policy = eval step 0 and final policy = eval step 2 of every run, with the settings record
+        for step in (0, 2):
+            rec = json.loads((run / "eval" / f"step_{step}" / "metrics.json").read_text())
+            assert rec["settings"]["seed"] == EVAL_SEED and rec["settings"]["n"] == 2 and rec["settings"]["max_prompts"] == 2
+        assert json.loads((run / "eval" / "step_2" / "metrics.json").read_text())["pass@1"] == r["pass@1"]
+        assert [line.split(",")[0] for line in (run / "eval" / "metrics.csv").read_text().splitlines()] == ["step", "0", "2"]
+    assert data["base"]["pass@1"] == json.loads((out / "grpo-s0" / "eval" / "step_0" / "metrics.json").read_text())["pass@1"]
     assert (out / "report.html").is_file()
+    # a second demo with the same config reuses the finished runs; a changed config reruns them
+    stamp = (out / "grpo-s0" / "metrics.jsonl").stat().st_mtime_ns
+    run_demo(out, quiet=True, workers=1, methods=["grpo"], overrides=overrides)
+    assert (out / "grpo-s0" / "metrics.jsonl").stat().st_mtime_ns == stamp
+    run_demo(out, quiet=True, workers=1, methods=["grpo"], overrides=[*overrides, "train.steps=1"])
+    assert len((out / "grpo-s0" / "metrics.jsonl").read_text().splitlines()) == 1
+    with pytest.raises(ConfigError, match="demo methods: unknown nope"):
+        run_demo(out, quiet=True, workers=1, methods=["nope"], overrides=overrides)
+
+
+def test_method_parameters_against_library_defaults():
+    assert _library_defaults(["algorithm.control=clip_v", "algorithm.control_params.mu=2.0",
+                              "algorithm.control_params.max_frac=0.02"]) == [("mu", 2.0, 8.5), ("max_frac", 0.02, 1e-4)]
+    assert _library_defaults(["algorithm.loss=clip_cov", "algorithm.loss_params.clip_cov_ratio=0.02"]) == [
+        ("clip_cov_ratio", 0.02, 2e-4)]
+    assert _library_defaults(["algorithm.loss=kl_cov", "algorithm.loss_params.kl_cov_ratio=0.02"]) == [
+        ("kl_cov_ratio", 0.02, 2e-4)]
+    assert _library_defaults([]) == []
+    # tokens controlled: the selection of the covariance losses, else removed tokens with A != 0
+    assert _controlled({"control/frac_selected": 0.02, "control/frac_removed_active": 0.0}) == 0.02
+    assert _controlled({"control/frac_removed": 0.05, "control/frac_removed_active": 0.018}) == 0.018
 
 
 def test_summary_table_mean_and_std():

@@ -182,6 +182,20 @@ class EvalConfig(_Section):
     max_new_tokens: int | None = Field(default=None, ge=1)
 
 
+class DemoConfig(_Section):
+    """`demo:` read by `rlentropy demo` only; the trainer ignores it.
+
+    Attributes:
+        methods: method name → the `key=value` overrides that turn this config into that method's run
+            (the method switch and its parameters), in the order the demo runs and reports them.
+            Empty = the built-in switches of `rlentropy.train.demo.METHODS` with library defaults.
+        rule: how those parameters were chosen, in words (printed in the demo's summary.md).
+    """
+
+    methods: dict[str, list[str]] = Field(default_factory=dict)
+    rule: str = ""
+
+
 class RunConfig(_Section):
     """The whole training config (one YAML file). `run_dir` defaults to runs/<name>."""
 
@@ -197,6 +211,7 @@ class RunConfig(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     probes: ProbesConfig = Field(default_factory=ProbesConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RunConfig":

@@ -125,13 +125,15 @@ def apply_control(
         advantages: [B, T] token advantages (0 on padding). mask: [B, T] response mask.
 
     Returns:
-        (loss_mask [B, T] float32, metrics with control/frac_removed, _pos, _neg).
+        (loss_mask [B, T] float32, metrics with control/frac_removed, _pos, _neg, and
+        control/frac_removed_active: removed tokens with A ≠ 0 as a fraction of all valid tokens).
     """
     name = state.control
     p = dict(state.params)
     try:
         if name == "none":
-            return mask, {"control/frac_removed": 0.0, "control/frac_removed_pos": 0.0, "control/frac_removed_neg": 0.0}
+            return mask, {"control/frac_removed": 0.0, "control/frac_removed_pos": 0.0, "control/frac_removed_neg": 0.0,
+                          "control/frac_removed_active": 0.0}
         if name == "clip_b":
             new, m = clip_b_mask(s, advantages, mask, mu=state.mu, **p)
         elif name == "clip_v":
@@ -145,6 +147,10 @@ def apply_control(
     except (TypeError, ValueError) as err:
         raise ConfigError(f"algorithm.control_params: {err}") from None
     out = _summarise(m)
+    # removed tokens whose advantage is non-zero (the ones whose policy-gradient term changed), over all valid tokens
+    valid = mask > 0  # [B, T]
+    removed_active = valid & (new <= 0) & (advantages != 0)  # [B, T]
+    out["control/frac_removed_active"] = float(removed_active.sum() / valid.sum().clamp_min(1))
     if state.mu is not None:
         out["control/mu"] = float(state.mu)
     return new.to(torch.float32), out

@@ -69,6 +69,25 @@ def make_lr_lambda(*, warmup_steps: int, total_steps: int, schedule: str, min_lr
     return fn
 
 
+def eval_settings(cfg: RunConfig, task: Any, *, seed: int) -> dict[str, Any]:
+    """The settings record of an evaluation with the `eval:` section of `cfg` on the run's eval set.
+
+    The same keys as `rlentropy.evaluate.run.SETTING_KEYS` (what `rlentropy eval` compares to decide
+    whether a step is already evaluated with the settings it was asked for).
+    """
+    e = cfg.eval
+    return {
+        "task": getattr(task, "name", cfg.data.eval_task or cfg.data.task),
+        "dataset": None,
+        "n": int(e.n),
+        "temperature": float(e.temperature),
+        "top_p": float(e.top_p),
+        "max_new_tokens": int(e.max_new_tokens or cfg.rollout.max_new_tokens),
+        "max_prompts": e.max_prompts,
+        "seed": int(seed),
+    }
+
+
 @dataclass
 class DataCursor:
     """Position in the shuffled training examples: epoch e uses permutation seeded by (seed, e)."""
@@ -165,6 +184,7 @@ class Trainer:
         self.elapsed = 0.0
         self.history: list[dict[str, Any]] = []
         self.final_eval: dict[str, float] | None = None
+        self._eval_task: Any = None
         self._stop = _StopFlag()
 
     # ------------------------------------------------------------------ setup
@@ -569,7 +589,8 @@ class Trainer:
                     loss_sum += float(total.detach())
                     w = float(m.sum())
                     if probe_on:
-                        self.probe.on_micro_batch(step, model=self.model, weight=float(token_weights[mrows].sum()))
+                        # per-sequence loss weights [m]: the probe's exact effective sample size
+                        self.probe.on_micro_batch(step, model=self.model, weight=token_weights[mrows].sum(-1))
                     # metrics, token-weighted over micro-batches
                     with torch.no_grad():
                         d = (old.logp[mrows] - logp.detach())  # [m, T] log(old / new)
@@ -680,29 +701,30 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, step: int) -> dict[str, float]:
-        """pass@k etc. on the eval split with `rlentropy.evaluate.evaluate_model`; writes eval/step_N/."""
-        import gzip
-        import json
+        """pass@k etc. on the eval split (`data.eval_task` when set) with `rlentropy.evaluate.evaluate_model`.
 
+        Writes eval/step_N/{metrics.json, samples.jsonl.gz} and refreshes eval/metrics.csv through
+        `rlentropy.evaluate.run.save_eval_result`, with the settings record, so `rlentropy eval` skips
+        the step when asked for the same settings and `rlentropy report` reads it.
+        """
+        from rlentropy.data import build_task
         from rlentropy.evaluate import evaluate_model
+        from rlentropy.evaluate.run import save_eval_result
 
-        e = self.cfg.eval
+        if self._eval_task is None:
+            self._eval_task = build_task(self.cfg.data, for_eval=True)
+        settings = eval_settings(self.cfg, self._eval_task, seed=derive_seed(self.cfg.train.seed, "eval") % (2**31))
         was_training = self.model.training
         self.model.eval()
         try:
             metrics, samples = evaluate_model(
-                self.model, self.tokenizer, self.task, n=e.n, temperature=e.temperature, top_p=e.top_p,
-                max_new_tokens=e.max_new_tokens or self.cfg.rollout.max_new_tokens, max_prompts=e.max_prompts,
-                seed=derive_seed(self.cfg.train.seed, "eval") % (2**31), batch_size=self.cfg.rollout.batch_size,
+                self.model, self.tokenizer, self._eval_task, n=settings["n"], temperature=settings["temperature"],
+                top_p=settings["top_p"], max_new_tokens=settings["max_new_tokens"], max_prompts=settings["max_prompts"],
+                seed=settings["seed"], batch_size=self.cfg.rollout.batch_size,
             )
         finally:
             self.model.train(was_training)
-        out_dir = self.run_dir / "eval" / f"step_{step}"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
-        with gzip.open(out_dir / "samples.jsonl.gz", "wt", encoding="utf-8") as fh:
-            for s in samples:
-                fh.write(json.dumps(s, default=str) + "\n")
+        save_eval_result(self.run_dir, step, metrics, samples, settings=settings, checkpoint=f"in-training step {step}")
         return {f"eval/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
     # ------------------------------------------------------------------ loop
