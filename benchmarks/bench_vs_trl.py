@@ -13,7 +13,8 @@ per step over the whole batch in one forward/backward, token-mean PPO-clip (ε =
 `loss_type="dapo"`), AdamW at a constant LR with grad-norm clip 1, no KL, fp32, and entropy logged:
 
 - ours:    `rlentropy.train` (`run_training`), which also computes the full TokenStats (log p, H, S,
-           s_bar, Σp²) of the old policy in one extra no-grad forward every step;
+           s_bar, Σp²) of the old policy; here (control "none", one mini-batch, one epoch) it takes
+           them from the update forward (`train.fuse_old_stats`), so there is no extra forward;
 - trl:     `trl.GRPOTrainer` (logs the entropy of its loss forward);
 - adapter: `rlentropy.integrations.trl.EntropyGRPOTrainer` with `entropy_control="clip_b"` and our
            metrics on (one extra no-grad body pass per generation batch for S and s_bar).

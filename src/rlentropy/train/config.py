@@ -127,6 +127,11 @@ class TrainConfig(_Section):
         device: "auto" (GPU when present), "cpu" or "cuda". stats_batch_size: sequences per no-grad
             statistics forward (null = micro_batch_size or all).
         max_nonfinite: consecutive non-finite updates tolerated before stopping (TrainingError).
+        fuse_old_stats: when nothing reads the old-policy statistics before the loss (control "none",
+            no whole-batch Clip-Cov / KL-Cov selection, no probe this step, no dropout), the rows of
+            the first mini-batch take them from their own update forward (detached; the weights have
+            not moved yet) and the separate no-grad forward runs on the other rows only (on none with
+            one mini-batch); the loss and every metric are the same. false = always the separate forward.
     """
 
     steps: int = Field(default=100, ge=1)
@@ -140,6 +145,7 @@ class TrainConfig(_Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_nonfinite: int = Field(default=3, ge=1)
+    fuse_old_stats: bool = True
 
 
 class CheckpointConfig(_Section):

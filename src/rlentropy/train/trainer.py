@@ -3,6 +3,8 @@
 One training step (docs/architecture.md):
 
     prompts → rollouts → rewards → advantages → one no-grad forward for the old-policy TokenStats
+    (when nothing needs them before the loss, the first mini-batch's rows take theirs from their own
+    update forward, so with one mini-batch the separate forward is skipped: `_fuse_old_stats`)
     → controls (mask edits) → PPO epochs × mini-batches × micro-batches (loss with the GLOBAL token
     count, gradient accumulation, grad-norm clip, AdamW, LR schedule) → metrics / logs / checkpoint
 
@@ -36,6 +38,7 @@ from rlentropy.errors import ConfigError, DataError, TrainingError
 from rlentropy.models.forward import policy_token_stats, policy_token_stats_chunked
 from rlentropy.models.loading import load_policy, load_reference, num_parameters
 from rlentropy.rollout.base import RolloutBatch
+from rlentropy.tokenstats import TokenStats
 from rlentropy.train import checkpoint as ckpt_io
 from rlentropy.train.config import RunConfig, dump_config
 from rlentropy.train.controls import ControlState, apply_control, build_controller, loss_spec_aggregation
@@ -375,6 +378,20 @@ class Trainer:
         finally:
             self.model.train(was_training)
 
+    def _old_stats_except(self, batch: RolloutBatch, skip: list[int]) -> TokenStats:
+        """Old-policy statistics of every row except `skip` (left 0: the update forward fills them)."""
+        if not skip:
+            return self._old_stats(batch)
+        fields = ("logp", "entropy", "s", "s_bar", "sum_p2")
+        out = {k: torch.zeros(batch.response_mask.shape, dtype=torch.float32, device=self.device) for k in fields}  # [b, T]
+        taken = set(skip)
+        rest = [i for i in range(len(batch)) if i not in taken]
+        if rest:
+            st = self._old_stats(batch.select(rest))  # TokenStats [b - |skip|, T]
+            for k in fields:
+                out[k][rest] = getattr(st, k).float()
+        return TokenStats(**out)
+
     def _old_stats(self, batch: RolloutBatch) -> Any:
         was_training = self.model.training
         self.model.eval()
@@ -384,6 +401,36 @@ class Trainer:
                                                   temperature=self.cfg.rollout.temperature)
         finally:
             self.model.train(was_training)
+
+    def _has_dropout(self) -> bool:
+        """True when the policy's train-mode forward is stochastic (a dropout with p > 0 anywhere)."""
+        if not hasattr(self, "_dropout_cache"):
+            mods = any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in self.model.modules())
+            conf = getattr(self._unwrapped(), "config", None)
+            attrs = {k: v for k, v in (vars(conf).items() if conf is not None else ())
+                     if ("dropout" in k or "pdrop" in k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            self._dropout_cache = mods or any(v > 0 for v in attrs.values())
+        return self._dropout_cache
+
+    def _fuse_old_stats(self, step: int) -> bool:
+        """Whether the first mini-batch of this step takes its old-policy statistics from its update forward.
+
+        The weights first move after the last backward of the first mini-batch of the first epoch,
+        so that forward sees exactly the old policy; with one mini-batch it covers the whole batch
+        and the separate no-grad forward is skipped, with M mini-batches it runs on the other
+        (M − 1) / M of the rows only. Allowed only when nothing reads the statistics before the
+        loss: control "none", no whole-batch Clip-Cov / KL-Cov selection, no probe on this step,
+        and no dropout (the old statistics are taken in eval mode, the loss forward in train mode).
+        """
+        cfg = self.cfg
+        a = cfg.algorithm
+        return bool(
+            cfg.train.fuse_old_stats
+            and a.control == "none"
+            and (self.loss_spec.select is None or a.cov_selection != "batch")
+            and not self.probe.active(step)
+            and not self._has_dropout()
+        )
 
     def _ref_logp(self, batch: RolloutBatch) -> torch.Tensor | None:
         if self.cfg.algorithm.kl.coef <= 0:
@@ -448,8 +495,16 @@ class Trainer:
         adv_all, adv_metrics = get_advantage(cfg.algorithm.advantage)(rewards_all, gid_all, **cfg.algorithm.advantage_params)  # [B]
         adv_seq = self._local_rows(adv_all, b_local).to(torch.float32)  # [b]
 
-        # 4. old-policy statistics (one no-grad forward) and the reference log-probs
-        old = self._old_stats(batch)  # TokenStats [b, T]
+        # mini-batches: whole prompt groups, group index modulo mini_batches
+        M = cfg.train.mini_batches
+        mb_rows = [torch.nonzero(global_gid % M == j).flatten().tolist() for j in range(M)]
+
+        # 4. old-policy statistics (one no-grad forward; when nothing needs them before the loss, the
+        #    first mini-batch's rows come from its own update forward: see _fuse_old_stats) and the
+        #    reference log-probs
+        fused = self._fuse_old_stats(step)
+        fill_rows = mb_rows[0] if fused else []
+        old = self._old_stats_except(batch, fill_rows)  # TokenStats [b, T]; fill_rows are 0 until the update
         ref_logp = self._ref_logp(batch)  # [b, T] or None
         mask = batch.response_mask.to(torch.float32).to(self.device)  # [b, T]
         adv_tok = adv_seq.to(self.device)[:, None] * mask  # [b, T]
@@ -457,19 +512,21 @@ class Trainer:
         # 5. controls: mask edits over the whole batch
         g_mask = self._gather_rows(mask)  # [B, T*]
         g_adv = self._gather_rows(adv_tok)  # [B, T*]
-        g_s, g_sbar, g_h, g_logp = (self._gather_rows(getattr(old, k).float()) for k in ("s", "s_bar", "entropy", "logp"))
-        g_loss_mask, ctl_metrics = apply_control(
-            self.ctl_state, s=g_s, s_bar=g_sbar, entropy=g_h, advantages=g_adv, mask=g_mask,
-        )  # [B, T*]
+        if fused:  # control "none" reads no statistics and there is no whole-batch selection
+            zero = torch.zeros_like(g_mask)  # [B, T*]
+            g_loss_mask, ctl_metrics = apply_control(self.ctl_state, s=zero, s_bar=zero, entropy=zero, advantages=g_adv, mask=g_mask)
+            g_sel, sel_metrics = None, {}
+        else:
+            g_s, g_sbar, g_h, g_logp = (self._gather_rows(getattr(old, k).float()) for k in ("s", "s_bar", "entropy", "logp"))
+            g_loss_mask, ctl_metrics = apply_control(
+                self.ctl_state, s=g_s, s_bar=g_sbar, entropy=g_h, advantages=g_adv, mask=g_mask,
+            )  # [B, T*]
+            g_sel, sel_metrics = self._select(g_logp, g_adv, g_loss_mask, step=step)  # [B, T*] bool or None
         loss_mask = self._local_rows(g_loss_mask, b_local, t_local)  # [b, T]
-        g_sel, sel_metrics = self._select(g_logp, g_adv, g_loss_mask, step=step)  # [B, T*] bool or None
         ctl_metrics.update(sel_metrics)
         selected = None if g_sel is None else self._local_rows(g_sel, b_local, t_local)  # [b, T]
         timings["time/stats"] = time.perf_counter() - t0
 
-        # mini-batches: whole prompt groups, group index modulo mini_batches
-        M = cfg.train.mini_batches
-        mb_rows = [torch.nonzero(global_gid % M == j).flatten().tolist() for j in range(M)]
         counts = []
         token_weights = torch.zeros_like(mask)  # [b, T]
         for rows in mb_rows:
@@ -495,8 +552,11 @@ class Trainer:
 
         # 6. updates
         t0 = time.perf_counter()
-        upd = self._update(step, batch, old, adv_tok, loss_mask, ref_logp, mb_rows, counts, probe_on, token_weights, selected)
+        upd = self._update(step, batch, old, adv_tok, loss_mask, ref_logp, mb_rows, counts, probe_on, token_weights,
+                           selected, fill_first=bool(fill_rows))
         timings["time/update"] = time.perf_counter() - t0
+        if fused:  # every row of `old` is now filled: gather it for the step's metrics
+            g_s, g_sbar, g_h, g_logp = (self._gather_rows(getattr(old, k).float()) for k in ("s", "s_bar", "entropy", "logp"))
         if probe_on:
             t1 = time.perf_counter()
             metrics.update(self.probe.after_update(step, model=self.model, optimizer=self.optimizer))
@@ -545,7 +605,14 @@ class Trainer:
 
     def _update(self, step: int, batch: RolloutBatch, old: Any, adv_tok: torch.Tensor, loss_mask: torch.Tensor,
                 ref_logp: torch.Tensor | None, mb_rows: list[list[int]], counts: list, probe_on: bool,
-                token_weights: torch.Tensor, selected: torch.Tensor | None) -> dict[str, Any]:
+                token_weights: torch.Tensor, selected: torch.Tensor | None, *, fill_first: bool = False) -> dict[str, Any]:
+        """PPO epochs × mini-batches × micro-batches; returns the update metrics.
+
+        `fill_first` (`_fuse_old_stats`): the rows of the first mini-batch have no old statistics yet.
+        In the first epoch their old log-probs are their own detached log-probs (the weights first
+        move after that mini-batch's last backward), and their detached statistics are written into
+        `old` in place, for later mini-batches / epochs and the step's metrics.
+        """
         cfg = self.cfg
         a = cfg.algorithm
         T_temp = cfg.rollout.temperature
@@ -557,6 +624,7 @@ class Trainer:
         skipped = 0
         self.model.train()
         bonus = self.ctl_state.entropy_coef
+        fields = ("logp", "entropy", "s", "s_bar", "sum_p2")
         for epoch in range(cfg.train.ppo_epochs):
             for j, rows in enumerate(mb_rows):
                 n_tok, n_seq = counts[j]
@@ -564,13 +632,22 @@ class Trainer:
                 bad = torch.zeros((), dtype=torch.float64)
                 loss_sum = 0.0
                 micro = [rows[i : i + (mbs or max(1, len(rows)))] for i in range(0, len(rows), mbs or max(1, len(rows)))]
+                filling = fill_first and epoch == 0 and j == 0
+                done: list[int] = []
                 for k, mrows in enumerate(micro):
                     sub = batch.select(mrows)
                     m = loss_mask[mrows]  # [m, T]
                     with self._autocast():
                         st = policy_token_stats(self.model, sub, temperature=T_temp, with_grad=True, check_finite=False)
                     logp = st.logp.float()  # [m, T]
-                    loss_mat, lmet = self._loss(logp, old.logp[mrows], adv_tok[mrows], m, step=step, tag=(epoch, j, k),
+                    if filling:
+                        for kk in fields:
+                            getattr(old, kk)[mrows] = getattr(st, kk).detach().float()
+                        done.extend(mrows)
+                        old_logp = logp.detach()  # [m, T]
+                    else:
+                        old_logp = old.logp[mrows]  # [m, T]
+                    loss_mat, lmet = self._loss(logp, old_logp, adv_tok[mrows], m, step=step, tag=(epoch, j, k),
                                                 selected=None if selected is None else selected[mrows])
                     pg = aggregate_loss(loss_mat, m, self.agg_mode, global_tokens=n_tok, global_seqs=n_seq, max_len=self.max_len)
                     total = pg
@@ -593,7 +670,7 @@ class Trainer:
                         self.probe.on_micro_batch(step, model=self.model, weight=token_weights[mrows].sum(-1))
                     # metrics, token-weighted over micro-batches
                     with torch.no_grad():
-                        d = (old.logp[mrows] - logp.detach())  # [m, T] log(old / new)
+                        d = (old_logp - logp.detach())  # [m, T] log(old / new)
                         rm = batch.response_mask[mrows].to(d.device)
                         approx_kl = ((torch.expm1(-d) + d) * rm).sum() / rm.sum().clamp_min(1)  # k3 of KL(old‖new)... per token
                         ratio = (torch.exp(-d) * rm).sum() / rm.sum().clamp_min(1)
@@ -606,6 +683,11 @@ class Trainer:
                         if isinstance(vv, torch.Tensor) and vv.numel() == 1:
                             sums[kk] = sums.get(kk, 0.0) + float(vv) * w
                     weight_total += w
+                if filling and len(done) < len(rows):  # a non-finite loss stopped the pass early
+                    rest = sorted(set(rows) - set(done))
+                    st = self._old_stats(batch.select(rest))  # the weights have not moved: still the old policy
+                    for kk in fields:
+                        getattr(old, kk)[rest] = getattr(st, kk).float()
                 bad = self._all_sum(bad.to(self.device)).cpu()
                 grad_norm = torch.tensor(float("nan"))
                 if float(bad) == 0:
