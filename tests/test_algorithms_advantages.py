@@ -7,7 +7,7 @@ from math import comb
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from rlentropy.algorithms import (
@@ -109,14 +109,27 @@ def test_reinforce_pp_hand_worked():
     ),
     scale=st.sampled_from(["group", "batch", "none"]),
 )
+@example(data=[(0, 1.6875), (0, 1.6875), (0, 1.69140625)], scale="group")  # std ≈ 2e-3: ill-conditioned
 def test_grpo_matches_float64_loop(data, scale):
     groups = [g for g, _ in data]
     rewards = [r for _, r in data]
     ours, _ = grpo(torch.tensor(rewards, dtype=torch.float32), torch.tensor(groups), scale=scale)
     ref = torch.tensor(reference_grpo(rewards, groups, scale, 1e-6), dtype=torch.float64)
-    # fp32 arithmetic on O(1) values divided by (std + 1e-6) ≥ 1e-6: bound the error relative to
-    # the largest |A| (a near-zero std amplifies rounding of the centred reward).
-    tol = 1e-5 * max(1.0, float(ref.abs().max()))
+    # Error bound derived from the conditioning: centring rounds at eps32·max|r|, and dividing by a
+    # (std + 1e-6) that is small amplifies it by 1/std; the std itself carries the same relative
+    # error, scaled by |A|. So tol = c·eps32·max|r|/(std_min + 1e-6)·(1 + max|A|), floored at 1e-5.
+    r64 = torch.tensor(rewards, dtype=torch.float64)
+    g = torch.tensor(groups)
+    if scale == "group":
+        stds = [r64[g == k].std() for k in g.unique() if int((g == k).sum()) > 1]
+        std_min = min((float(x) for x in stds), default=1.0)
+    elif scale == "batch":
+        std_min = float(r64.std()) if len(rewards) > 1 else 1.0
+    else:
+        std_min = 1.0
+    eps32 = torch.finfo(torch.float32).eps
+    kappa = float(r64.abs().max()) / (std_min + 1e-6)
+    tol = max(1e-5, 8 * eps32 * kappa * (1.0 + float(ref.abs().max())))
     torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=tol)
 
 

@@ -54,7 +54,7 @@ def test_summary_table_signs_hand_made():
 def test_quadrant_study_runs_every_arm(tiny_model_dir, tmp_path):
     base = {
         "model": {"path": str(tiny_model_dir)},
-        "data": {"task": "c2_parity"},
+        "data": {"task": "parity_test"},
         "rollout": {"max_new_tokens": 6, "temperature": 1.0},
         "train": {"prompts_per_step": 4, "group_size": 4, "micro_batch_size": 16},
         "probes": {"probe_prompts": 2},

@@ -1,6 +1,6 @@
 """End-to-end training on a tiny random Llama: every control, loss invariances, NaN handling, LoRA, KL.
 
-The `c2_parity` task (tests/conftest.py) gives rewards that vary within groups, so advantages are
+The `parity_test` task (tests/conftest.py) gives rewards that vary within groups, so advantages are
 non-zero and the controls have candidates.
 """
 
@@ -42,7 +42,7 @@ def _params(model) -> dict[str, torch.Tensor]:
 
 
 def _cfg(fast_cfg, **kw):
-    base = {"data": {"task": "c2_parity"}, "train": {"ppo_epochs": 2}}
+    base = {"data": {"task": "parity_test"}, "train": {"ppo_epochs": 2}}
     for k, v in kw.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
             base[k] = {**base[k], **v}
@@ -189,7 +189,7 @@ def test_input_errors_before_any_work(fast_cfg, tmp_path):
     with pytest.raises(ConfigError, match="control_params"):
         run_training(_cfg(fast_cfg, algorithm={"control": "clip_b", "control_params": {"mu": -1.0}}))
     with pytest.raises(DataError, match="no training examples"):
-        run_training(_cfg(fast_cfg, data={"task": "c2_parity", "params": {"n_train": 0}}))
+        run_training(_cfg(fast_cfg, data={"task": "parity_test", "params": {"n_train": 0}}))
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
@@ -263,7 +263,7 @@ def test_controllers_and_in_training_eval(fast_cfg, tmp_path):
     rec = json.loads((tmp_path / "ct" / "eval" / "step_2" / "metrics.json").read_text())
     seed = derive_seed(0, "eval") % (2**31)
     assert rec["step"] == 2 and rec["pass@1"] == h[1]["eval/pass@1"]
-    assert rec["settings"] == {"task": "c2_parity", "dataset": None, "n": 2, "temperature": 1.0, "top_p": 1.0,
+    assert rec["settings"] == {"task": "parity_test", "dataset": None, "n": 2, "temperature": 1.0, "top_p": 1.0,
                                "max_new_tokens": 12, "max_prompts": 2, "seed": seed}
     csv_lines = (tmp_path / "ct" / "eval" / "metrics.csv").read_text().splitlines()
     assert len(csv_lines) == 2 and csv_lines[1].startswith("2,")

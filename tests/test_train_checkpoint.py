@@ -26,7 +26,7 @@ def _metrics(run_dir) -> list[dict]:
 def test_resume_reproduces_straight_run(fast_cfg, tmp_path, lora):
     # Clip-Cov draws random numbers and the optimizer has state: both must survive the resume.
     common = dict(
-        data={"task": "c2_parity"},
+        data={"task": "parity_test"},
         algorithm={"loss": "clip_cov", "loss_params": {"clip_cov_ratio": 0.1, "clip_cov_lb": -100.0, "clip_cov_ub": 100.0}},
         model={"lora": {"enabled": lora, "r": 4, "alpha": 8, "dropout": 0.1 if lora else 0.0}},
         optim={"lr": 1e-2, "warmup_steps": 2, "schedule": "cosine"},

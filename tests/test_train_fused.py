@@ -26,7 +26,7 @@ _TIMING = ("time/", "wall_time")
 def _cfg(fast_cfg, tmp_path, tag: str, *, fuse: bool, algorithm: dict | None = None, train: dict | None = None,
          probes: dict | None = None, model: dict | None = None):
     t = {"steps": 3, "mini_batches": 1, "ppo_epochs": 1, "fuse_old_stats": fuse, **(train or {})}
-    kw = {"data": {"task": "c2_parity"}, "train": t, "algorithm": algorithm or {},
+    kw = {"data": {"task": "parity_test"}, "train": t, "algorithm": algorithm or {},
           "run_dir": str(tmp_path / f"{tag}-{fuse}")}
     if probes is not None:
         kw["probes"] = probes
