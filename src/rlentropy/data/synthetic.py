@@ -18,6 +18,7 @@ the tokenizer's chat template, answer inside <answer></answer>; stop string "</a
 
 from __future__ import annotations
 
+import abc
 import random
 import re
 from dataclasses import dataclass
@@ -313,7 +314,60 @@ def _draw_distinct(rng: random.Random, draw: Callable[[random.Random], Example |
     return out
 
 
-class CountdownTask:
+class _SyntheticTask(abc.ABC):
+    """What countdown and arithmetic share: parameter checking, the two splits (eval drawn first from
+    its own stream, so it depends only on data.seed and the task parameters, never on train_size),
+    and scoring of the extracted answer. Subclasses set `name` and `_PARAMS` and define `_draw`,
+    `render_prompt` and `_score_answer`."""
+
+    name: str
+    _PARAMS: dict[str, _Param]
+
+    def __init__(self, cfg: DataConfig):
+        self.template = _check_common(cfg, self.name)
+        self.params = _resolve_params(self.name, cfg.params, self._PARAMS)
+        self._check_params()
+        self.stop_strings = list(_STOP[self.template])
+        self.seed = cfg.seed
+        taken: set = set()
+        p = self.params
+        self._eval = _draw_distinct(random.Random(f"{self.name}-eval-{self.seed}"), self._draw, p["eval_size"],
+                                    taken, self.name, "eval")
+        self._train = _draw_distinct(random.Random(f"{self.name}-train-{self.seed}"), self._draw,
+                                     p["train_size"], taken, self.name, "train")
+        if cfg.max_train is not None:
+            self._train = self._train[: cfg.max_train]
+        if cfg.max_eval is not None:
+            self._eval = self._eval[: cfg.max_eval]
+
+    def _check_params(self) -> None:
+        """Cross-parameter checks (ConfigError naming data.params.<key>); none by default."""
+
+    @abc.abstractmethod
+    def _draw(self, rng: random.Random) -> Example | None:
+        """One random problem, or None to reject the draw."""
+
+    @abc.abstractmethod
+    def _score_answer(self, answer: str | None, example: Example) -> float:
+        """Reward of an extracted answer (None when nothing could be extracted)."""
+
+    @abc.abstractmethod
+    def render_prompt(self, example: Example, tokenizer: Any) -> str:
+        """The prompt text for the task's template."""
+
+    def train_examples(self) -> list[Example]:
+        return list(self._train)
+
+    def eval_examples(self) -> list[Example]:
+        return list(self._eval)
+
+    def score(self, completions: Sequence[str], examples: Sequence[Example]) -> list[float]:
+        if len(completions) != len(examples):
+            raise ValueError(f"completions: {len(completions)} completions for {len(examples)} examples")
+        return [self._score_answer(_extract_answer(c, self.stop_strings), ex) for c, ex in zip(completions, examples)]
+
+
+class CountdownTask(_SyntheticTask):
     """Countdown: reach `target` from 3–4 given numbers with + - * / and parentheses, each number at
     most once. Many expressions are valid; the gold `answer` is the one the generator drew.
 
@@ -324,29 +378,14 @@ class CountdownTask:
     """
 
     name = "countdown"
+    _PARAMS = _COUNTDOWN_PARAMS
 
-    def __init__(self, cfg: DataConfig):
-        self.template = _check_common(cfg, self.name)
-        self.params = _resolve_params(self.name, cfg.params, _COUNTDOWN_PARAMS)
+    def _check_params(self) -> None:
         if self.params["min_numbers"] > self.params["max_numbers"]:
             raise ConfigError(
                 f"data.params.min_numbers: must be <= max_numbers ({self.params['max_numbers']}), "
                 f"got {self.params['min_numbers']}"
             )
-        self.stop_strings = list(_STOP[self.template])
-        self.seed = cfg.seed
-        taken: set = set()
-        p = self.params
-        # The eval split is drawn first from its own stream, so it depends only on data.seed and the
-        # task parameters, never on train_size.
-        self._eval = _draw_distinct(random.Random(f"countdown-eval-{self.seed}"), self._draw, p["eval_size"],
-                                    taken, self.name, "eval")
-        self._train = _draw_distinct(random.Random(f"countdown-train-{self.seed}"), self._draw, p["train_size"],
-                                     taken, self.name, "train")
-        if cfg.max_train is not None:
-            self._train = self._train[: cfg.max_train]
-        if cfg.max_eval is not None:
-            self._eval = self._eval[: cfg.max_eval]
 
     def _draw(self, rng: random.Random) -> Example | None:
         p = self.params
@@ -367,12 +406,6 @@ class CountdownTask:
             meta={"numbers": numbers, "target": target, "key": key},
         )
 
-    def train_examples(self) -> list[Example]:
-        return list(self._train)
-
-    def eval_examples(self) -> list[Example]:
-        return list(self._eval)
-
     def render_prompt(self, example: Example, tokenizer: Any) -> str:
         if self.template == "plain":
             return f"{example.question}:"
@@ -384,13 +417,8 @@ class CountdownTask:
             "Show your reasoning, then give only the expression inside <answer></answer>.",
         )
 
-    def score(self, completions: Sequence[str], examples: Sequence[Example]) -> list[float]:
-        if len(completions) != len(examples):
-            raise ValueError(f"completions: {len(completions)} completions for {len(examples)} examples")
-        return [
-            score_countdown(_extract_answer(c, self.stop_strings), ex.meta["numbers"], ex.meta["target"])
-            for c, ex in zip(completions, examples)
-        ]
+    def _score_answer(self, answer: str | None, example: Example) -> float:
+        return score_countdown(answer, example.meta["numbers"], example.meta["target"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -417,7 +445,7 @@ def score_arithmetic(answer: str | None, target: int) -> float:
     return 1.0 if int(answer) == target else 0.0
 
 
-class ArithmeticTask:
+class ArithmeticTask(_SyntheticTask):
     """Multi-digit arithmetic: `a op b` with `digits`-digit operands and op in `ops`; the answer is
     the exact integer result (negative for some subtractions).
 
@@ -425,22 +453,7 @@ class ArithmeticTask:
     """
 
     name = "arithmetic"
-
-    def __init__(self, cfg: DataConfig):
-        self.template = _check_common(cfg, self.name)
-        self.params = _resolve_params(self.name, cfg.params, _ARITH_PARAMS)
-        self.stop_strings = list(_STOP[self.template])
-        self.seed = cfg.seed
-        taken: set = set()
-        p = self.params
-        self._eval = _draw_distinct(random.Random(f"arithmetic-eval-{self.seed}"), self._draw, p["eval_size"],
-                                    taken, self.name, "eval")
-        self._train = _draw_distinct(random.Random(f"arithmetic-train-{self.seed}"), self._draw, p["train_size"],
-                                     taken, self.name, "train")
-        if cfg.max_train is not None:
-            self._train = self._train[: cfg.max_train]
-        if cfg.max_eval is not None:
-            self._eval = self._eval[: cfg.max_eval]
+    _PARAMS = _ARITH_PARAMS
 
     def _draw(self, rng: random.Random) -> Example:
         d = self.params["digits"]
@@ -455,12 +468,6 @@ class ArithmeticTask:
             meta={"a": a, "b": b, "op": op, "target": result, "key": (a, op, b)},
         )
 
-    def train_examples(self) -> list[Example]:
-        return list(self._train)
-
-    def eval_examples(self) -> list[Example]:
-        return list(self._eval)
-
     def render_prompt(self, example: Example, tokenizer: Any) -> str:
         if self.template == "plain":
             return f"{example.question}="
@@ -469,13 +476,8 @@ class ArithmeticTask:
             f"Compute {example.question}. Give only the resulting integer inside <answer></answer>.",
         )
 
-    def score(self, completions: Sequence[str], examples: Sequence[Example]) -> list[float]:
-        if len(completions) != len(examples):
-            raise ValueError(f"completions: {len(completions)} completions for {len(examples)} examples")
-        return [
-            score_arithmetic(_extract_answer(c, self.stop_strings), ex.meta["target"])
-            for c, ex in zip(completions, examples)
-        ]
+    def _score_answer(self, answer: str | None, example: Example) -> float:
+        return score_arithmetic(answer, example.meta["target"])
 
 
 @register_task("countdown")
