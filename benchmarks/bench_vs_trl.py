@@ -17,7 +17,8 @@ per step over the whole batch in one forward/backward, token-mean PPO-clip (ε =
            them from the update forward (`train.fuse_old_stats`), so there is no extra forward;
 - trl:     `trl.GRPOTrainer` (logs the entropy of its loss forward);
 - adapter: `rlentropy.integrations.trl.EntropyGRPOTrainer` with `entropy_control="clip_b"` and our
-           metrics on (one extra no-grad body pass per generation batch for S and s_bar).
+           metrics on; this config is on-policy with one loss call per generation batch, so S and
+           s_bar come from TRL's loss forward (`fuse_old_stats`), with no extra body pass.
 
 Each run is a fresh subprocess with `--threads` torch threads. A step's time is the time between
 consecutive step ends (setup and the first `--warmup` + 1 steps excluded), so it covers generation,
@@ -26,7 +27,8 @@ time (all its threads) and wall time are recorded; the ratios use CPU time by de
 which other jobs on a shared machine disturb far less than wall time. The runs are interleaved
 (round r runs ours, trl, adapter in a rotated order), ratios are computed per round, and the table
 reports medians. "generate+score" is TRL's `_generate_and_score_completions` (for the adapter it
-includes Clip_B's no-grad statistics pass) and our rollout + reward + stats phases.
+would include Clip_B's no-grad statistics pass if that ran; here it is fused into the loss) and our
+rollout + reward + stats phases.
 """
 
 from __future__ import annotations

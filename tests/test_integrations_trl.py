@@ -26,11 +26,12 @@ def reward_len(completions, **kwargs):
 
 
 def _make(cls, cfg_cls, model, tok, tmp_path, **kw):
-    args = cfg_cls(
+    opts = dict(
         output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2, max_completion_length=6,
         report_to="none", use_cpu=True, logging_steps=1, max_steps=2, seed=0, save_strategy="no",
-        temperature=0.9, **kw,
+        temperature=0.9,
     )
+    args = cfg_cls(**{**opts, **kw})
     ds = Dataset.from_dict({"prompt": ["12+3=", "4*5=", "7-2=", "9+9="]})
     tr = cls(model=model, reward_funcs=reward_len, args=args, train_dataset=ds, processing_class=tok)
     tr.current_gradient_accumulation_steps = 1
@@ -88,15 +89,40 @@ def _reference_stats(model, inputs, temperature):
     return token_stats(logits, inputs["completion_ids"], temperature=temperature, mask=inputs["completion_mask"])
 
 
-@pytest.mark.parametrize("control", ["clip_b", "clip_v"])
-def test_mask_controls_equal_our_loss_on_same_tensors(tmp_path, control):
-    model, tok = make_random_tiny_policy(seed=1)
-    params = {"clip_b": {"clip_b_mu": 0.5}, "clip_v": {"clip_v_mu": 0.5, "clip_v_max_frac": 0.2}}[control]
-    tr = _make(EntropyGRPOTrainer, EntropyGRPOConfig, model, tok, tmp_path, entropy_control=control, **params)
-    inputs = _inputs(seed=3)
-    with mock.patch.object(GRPOTrainer, "_generate_and_score_completions", return_value=dict(inputs)):
+_MASK_PARAMS = {"clip_b": {"clip_b_mu": 0.5}, "clip_v": {"clip_v_mu": 0.5, "clip_v_max_frac": 0.2}}
+
+
+def _mask_control_step(tr, inputs):
+    """One generation + loss of `tr` on fixed `inputs`; returns (loss, the batch TRL's loss saw, #extra passes)."""
+    seen = []
+    trl_loss = GRPOTrainer._compute_loss
+
+    def spy(self, model, batch):
+        seen.append(batch)
+        return trl_loss(self, model, batch)
+
+    extra = mock.Mock(side_effect=tr._rl_old_policy_stats)
+    with (
+        mock.patch.object(GRPOTrainer, "_generate_and_score_completions", return_value=dict(inputs)),
+        mock.patch.object(GRPOTrainer, "_compute_loss", spy),
+        mock.patch.object(tr, "_rl_old_policy_stats", extra),
+    ):
         out = tr._generate_and_score_completions([])
-    loss = tr._compute_loss(tr.model, out)
+        loss = tr._compute_loss(tr.model, out)
+    return loss, seen[-1], extra.call_count
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "extra_pass"])
+@pytest.mark.parametrize("control", ["clip_b", "clip_v"])
+def test_mask_controls_equal_our_loss_on_same_tensors(tmp_path, control, fuse):
+    model, tok = make_random_tiny_policy(seed=1)
+    tr = _make(
+        EntropyGRPOTrainer, EntropyGRPOConfig, model, tok, tmp_path, entropy_control=control, fuse_old_stats=fuse,
+        **_MASK_PARAMS[control],
+    )
+    inputs = _inputs(seed=3)
+    loss, out, n_extra = _mask_control_step(tr, inputs)
+    assert n_extra == (0 if fuse else 1)  # on-policy, one loss call per generation batch: fused skips the pass
     loss.backward()
     g_ours = _grads(tr.model)
 
@@ -127,6 +153,57 @@ def test_mask_controls_equal_our_loss_on_same_tensors(tmp_path, control):
         torch.testing.assert_close(g_ours[name], g, rtol=1e-4, atol=1e-7, msg=name)
 
 
+@pytest.mark.parametrize("control", ["clip_b", "clip_v"])
+def test_fused_old_stats_equal_extra_pass_bitwise(tmp_path, control):
+    """Same batch, same weights: the fused path (statistics of the loss forward) and the extra no-grad pass
+    give the same keep mask, token count, loss, gradients and logged metrics, bit for bit."""
+    model, tok = make_random_tiny_policy(seed=4)
+    runs = {}
+    for fuse in (True, False):
+        tr = _make(
+            EntropyGRPOTrainer, EntropyGRPOConfig, copy.deepcopy(model), tok, tmp_path / str(fuse),
+            entropy_control=control, fuse_old_stats=fuse, **_MASK_PARAMS[control],
+        )
+        loss, seen, n_extra = _mask_control_step(tr, _inputs(seed=5))
+        loss.backward()
+        metrics = {k: v[-1] for k, v in tr._metrics["train"].items() if k.startswith("rlentropy/")}
+        runs[fuse] = (loss.detach(), seen["tool_mask"], seen["num_items_in_batch"], _grads(tr.model), metrics, n_extra)
+    (l1, m1, n1, g1, x1, e1), (l0, m0, n0, g0, x0, e0) = runs[True], runs[False]
+    assert (e1, e0) == (0, 1)
+    m = _inputs(seed=5)["completion_mask"]
+    assert 0 < (m1 * m).sum() < m.sum()  # the control dropped some tokens, not all
+    assert torch.equal(m1, m0) and torch.equal(n1, n0)
+    assert torch.equal(l1, l0)
+    assert g1.keys() == g0.keys() and len(g1) > 0
+    for name in g1:
+        assert torch.equal(g1[name], g0[name]), name
+    assert x1 == x0 and x1["rlentropy/control/frac_removed"] > 0
+
+
+def test_fusion_only_when_the_loss_forward_is_the_whole_old_batch(tmp_path):
+    model, tok = make_random_tiny_policy(seed=0)
+    fused = _make(EntropyGRPOTrainer, EntropyGRPOConfig, model, tok, tmp_path / "a", entropy_control="clip_b")
+    assert fused._rl_fuse(_inputs())
+    # TRL computed old log-probs: the loss forward is not at the generating weights
+    assert not fused._rl_fuse({**_inputs(), "old_per_token_logps": torch.zeros(4, 6)})
+    # the generation batch is split over two loss calls (one per accumulation step): whole-batch S needed first
+    split = _make(
+        EntropyGRPOTrainer, EntropyGRPOConfig, model, tok, tmp_path / "b", entropy_control="clip_b",
+        per_device_train_batch_size=2, gradient_accumulation_steps=2,
+    )
+    assert split.args.steps_per_generation == 2 and not split._rl_fuse(_inputs())
+    split.model.eval()  # evaluation: the batch is one loss call
+    assert split._rl_fuse(_inputs())
+    # dropout makes the loss forward a different function from the old policy's
+    model_d, tok_d = make_random_tiny_policy(seed=0)
+    model_d.config.attention_dropout = 0.1
+    drop = _make(EntropyGRPOTrainer, EntropyGRPOConfig, model_d, tok_d, tmp_path / "c", entropy_control="clip_b")
+    assert not drop._rl_fuse(_inputs())
+    off = _make(EntropyGRPOTrainer, EntropyGRPOConfig, model, tok, tmp_path / "d", entropy_control="clip_b",
+                fuse_old_stats=False)
+    assert not off._rl_fuse(_inputs())
+
+
 def test_bad_config_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="entropy_control"):
         EntropyGRPOConfig(output_dir=str(tmp_path), entropy_control="clip_x", report_to="none", use_cpu=True)
@@ -143,8 +220,13 @@ def test_short_training_run_logs_metrics(tmp_path, control):
     import transformers
 
     # GRPOTrainer.log merges its _metrics (ours included) into the logs, then calls Trainer.log
-    with mock.patch.object(transformers.Trainer, "log", lambda self, logs, start_time=None: logged.append(dict(logs))):
+    extra = mock.Mock(side_effect=tr._rl_old_policy_stats)
+    with (
+        mock.patch.object(transformers.Trainer, "log", lambda self, logs, start_time=None: logged.append(dict(logs))),
+        mock.patch.object(tr, "_rl_old_policy_stats", extra),
+    ):
         tr.train()
+    assert extra.call_count == 0  # on-policy, one loss call per generation batch: the extra pass is fused away
     after = dict(tr.model.named_parameters())
     assert any(not torch.equal(before[n], after[n].detach()) for n in before)
     train_logs = [lg for lg in logged if "rlentropy/entropy" in lg or f"rlentropy/{control}/frac_selected" in lg]

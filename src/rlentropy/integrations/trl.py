@@ -17,7 +17,11 @@ How each piece plugs into TRL's loop:
   statistics of every process are gathered, the control runs on the global batch, and the dropped
   tokens are removed through TRL's `tool_mask` (which only enters the loss mask, never the attention
   mask); `num_items_in_batch` is recomputed, so the dropped tokens leave the token-mean denominator
-  too. TRL's own `_compute_loss` then runs unchanged.
+  too. TRL's own `_compute_loss` then runs unchanged. When the step is on-policy and the generation
+  batch is one loss call (`steps_per_generation == 1`, `num_iterations == 1`, no `old_per_token_logps`,
+  no dropout; `fuse_old_stats`, on by default) the extra pass is skipped: the loss forward runs at the
+  old weights on the same rows, so the body hook's hidden states give the same statistics, the same
+  mask and the same loss (`_rl_fused_mask_loss`).
 - **Clip-Cov / KL-Cov** are policy losses: `_compute_loss` computes the current log-probs with TRL's
   fused head, the per-token loss with `rlentropy.algorithms.get_policy_loss("clip_cov" | "kl_cov")`
   (selection per micro-batch, as in verl), and aggregates it exactly as TRL does for `loss_type`.
@@ -79,6 +83,13 @@ class EntropyGRPOConfig(GRPOConfig):
     kl_cov_coef: float = field(default=1.0, metadata={"help": "KL-Cov coefficient of |log r|."})
     rlentropy_metrics: bool = field(
         default=True, metadata={"help": "Log rlentropy/* TokenStats metrics (S, s_bar, quadrants, pressure)."}
+    )
+    fuse_old_stats: bool = field(
+        default=True,
+        metadata={
+            "help": "Clip_B / Clip_V: take the old-policy statistics from the loss forward when the step is "
+            "on-policy and the generation batch is one loss call (skips the extra no-grad pass; exact)."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -148,6 +159,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
         self._rl_generator = torch.Generator(device="cpu")
         self._rl_generator.manual_seed(int(cfg.seed) * 1000003 + self.accelerator.process_index)
         self._rl_sums: torch.Tensor | None = None
+        self._rl_dropout: bool | None = None
 
     # ------------------------------------------------------------------ helpers
     def _rl_lr(self) -> float:
@@ -231,13 +243,69 @@ class EntropyGRPOTrainer(GRPOTrainer):
     # ------------------------------------------------------------------ TRL hooks
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
-        if self._rl_control not in MASK_CONTROLS:
+        if self._rl_control not in MASK_CONTROLS or self._rl_fuse(output):
             return output
+        return self._rl_apply_mask_control(output, self._rl_old_policy_stats(output))
+
+    def _compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        if self._rl_control in MASK_CONTROLS:
+            if self._rl_fuse(inputs):
+                return self._rl_fused_mask_loss(model, inputs)
+            return super()._compute_loss(model, inputs)
+        want_hook = self.args.rlentropy_metrics
+        with self._rl_capture_hidden(model) if want_hook else contextlib.nullcontext([]) as captured:
+            if self._rl_control in LOSS_CONTROLS:
+                loss = self._rl_cov_loss(model, inputs)
+            else:
+                loss = super()._compute_loss(model, inputs)
+        if want_hook and captured:
+            self._rl_metrics_from_loss_forward(inputs, torch.cat(captured, dim=0))
+        return loss
+
+    # ------------------------------------------------------------------ Clip_B / Clip_V
+    def _rl_has_dropout(self) -> bool:
+        """True when the policy's forward is stochastic (a dropout with p > 0 in a module or the config)."""
+        if self._rl_dropout is None:
+            model = self.accelerator.unwrap_model(self.model)
+            mods = any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            conf = getattr(base, "config", None)
+            attrs = [
+                v for k, v in (vars(conf).items() if conf is not None else ())
+                if ("dropout" in k or "pdrop" in k) and isinstance(v, (int, float)) and not isinstance(v, bool)
+            ]
+            self._rl_dropout = mods or any(v > 0 for v in attrs)
+        return self._rl_dropout
+
+    def _rl_fuse(self, batch: dict[str, Any]) -> bool:
+        """Whether the mask control of this batch runs on the statistics of TRL's own loss forward.
+
+        True when that forward sees exactly the old policy over the whole generation batch: TRL computed
+        no `old_per_token_logps` (the step is on-policy: the weights have not moved since generation and
+        no vLLM importance-sampling correction), the generation batch reaches one `_compute_loss` call on
+        each process (training: `steps_per_generation == 1` and `num_iterations == 1`; evaluation always),
+        and the forward is deterministic (no dropout). Otherwise the extra no-grad pass runs after
+        generation. `fuse_old_stats=False` always takes the extra pass.
+        """
+        if self._rl_control not in MASK_CONTROLS or not self.args.fuse_old_stats:
+            return False
+        if batch.get("old_per_token_logps") is not None:
+            return False
+        if self.model.training and (self.args.steps_per_generation != 1 or self.num_iterations != 1):
+            return False
+        return not self._rl_has_dropout()
+
+    def _rl_apply_mask_control(self, batch: dict[str, Any], stats: Any) -> dict[str, Any]:
+        """Run Clip_B / Clip_V on the whole batch of every process; return the batch with the new masks.
+
+        `stats` are the old-policy TokenStats [B, T] of this process's rows. The dropped tokens leave the
+        loss through `tool_mask` and `num_items_in_batch`; the metrics of the batch are logged here.
+        """
+        out = dict(batch)
         mode = "train" if self.model.training else "eval"
-        stats = self._rl_old_policy_stats(output)
-        loss_mask = self._rl_loss_mask(output)  # [B, T]
+        loss_mask = self._rl_loss_mask(out)  # [B, T]
         b, t = loss_mask.shape
-        adv = output["advantages"]
+        adv = out["advantages"]
         adv = adv.unsqueeze(1).expand(b, t) if adv.dim() == 1 else adv  # [B, T]
         g_s, g_sb, g_a, g_m = (self._rl_gather_rows(x.float()) for x in (stats.s, stats.s_bar, adv, loss_mask))
         cfg = self.args
@@ -248,30 +316,57 @@ class EntropyGRPOTrainer(GRPOTrainer):
         g_keep, _ = control_keep_mask(self._rl_control, s=g_s, s_bar=g_sb, advantages=g_a, mask=g_m, params=params)
         rank = self.accelerator.process_index
         keep = g_keep[rank * b : (rank + 1) * b, :t]  # [B, T]
-        tool_mask = output.get("tool_mask")
-        base = torch.ones_like(output["completion_mask"]) if tool_mask is None else tool_mask
-        output["tool_mask"] = base * keep.to(base.dtype)  # [B, T]
-        new_mask = self._rl_loss_mask(output)  # [B, T]
-        output["num_items_in_batch"] = self.accelerator.gather(new_mask.sum()).sum()
+        tool_mask = out.get("tool_mask")
+        base = torch.ones_like(out["completion_mask"]) if tool_mask is None else tool_mask
+        out["tool_mask"] = base * keep.to(base.dtype)  # [B, T]
+        new_mask = self._rl_loss_mask(out)  # [B, T]
+        out["num_items_in_batch"] = self.accelerator.gather(new_mask.sum()).sum()
         if cfg.rlentropy_metrics:
-            weights = self._rl_token_weights(new_mask, output["num_items_in_batch"], b * self.accelerator.num_processes)
+            weights = self._rl_token_weights(new_mask, out["num_items_in_batch"], b * self.accelerator.num_processes)
             sums = summary_sums(
                 entropy=stats.entropy, logp=stats.logp, s=stats.s, s_bar=stats.s_bar, advantages=adv,
                 mask=loss_mask, loss_mask=new_mask, token_weights=weights, lr=self._rl_lr(),
             )
             self._rl_log(mode, self.accelerator.reduce(sums, reduction="sum"))
-        return output
+        return out
 
-    def _compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-        want_hook = self.args.rlentropy_metrics and self._rl_control not in MASK_CONTROLS
-        with self._rl_capture_hidden(model) if want_hook else contextlib.nullcontext([]) as captured:
-            if self._rl_control in LOSS_CONTROLS:
-                loss = self._rl_cov_loss(model, inputs)
-            else:
-                loss = super()._compute_loss(model, inputs)
-        if want_hook and captured:
-            self._rl_metrics_from_loss_forward(inputs, torch.cat(captured, dim=0))
-        return loss
+    def _rl_fused_mask_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        """TRL's loss with the mask control computed from the statistics of the loss forward itself.
+
+        TRL builds its loss mask before its forward, so the forward is run first: TRL's own call of
+        `_get_per_token_logps_and_entropies` for this batch is recorded (TRL's `_compute_loss` stops at
+        it), run once with the read-only hook on the transformer body, the control runs on the detached
+        hidden-state statistics (gathered over processes), and TRL's `_compute_loss` then runs on the
+        masked batch with that call answered by the forward already done (graph included).
+        """
+        recorded: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+        def record(*args: Any, **kwargs: Any) -> Any:
+            recorded.append((args, kwargs))
+            raise _ForwardRecorded
+
+        self._get_per_token_logps_and_entropies = record
+        try:
+            super()._compute_loss(model, inputs)
+        except _ForwardRecorded:
+            pass
+        finally:
+            del self._get_per_token_logps_and_entropies
+        if len(recorded) != 1:
+            raise RuntimeError("TRL's _compute_loss did not call _get_per_token_logps_and_entropies once")
+        args, kwargs = recorded[0]
+        with self._rl_capture_hidden(model) as captured:
+            result = self._get_per_token_logps_and_entropies(*args, **kwargs)
+        completion_ids = inputs["completion_ids"]
+        t = completion_ids.size(1)
+        hidden = torch.cat(captured, dim=0)[:, -t - 1 : -1]  # [B, T, d]
+        stats = self._rl_stats_from_hidden(hidden, completion_ids, inputs["completion_mask"])
+        masked = self._rl_apply_mask_control(inputs, stats)
+        self._get_per_token_logps_and_entropies = lambda *_a, **_k: result
+        try:
+            return super()._compute_loss(model, masked)
+        finally:
+            del self._get_per_token_logps_and_entropies
 
     # ------------------------------------------------------------------ pieces
     def _rl_log(self, mode: str, sums: torch.Tensor) -> None:
@@ -359,3 +454,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
 
 
 _STAT_FIELDS = ("logp", "entropy", "s", "s_bar", "sum_p2")
+
+
+class _ForwardRecorded(Exception):
+    """Raised inside TRL's `_compute_loss` once its forward call has been recorded (never escapes)."""
