@@ -79,6 +79,21 @@ def _new(nrows: int = 1, ncols: int = 1, w: float = 6.4, h: float = 3.8) -> tupl
     return fig, axes
 
 
+
+def _style(ax, *, xlabel: str, ylabel: str, title: str | None = None,
+           ylim: tuple[float, float] | None = None, legend: int | None = None) -> None:
+    """The axis dressing every panel shares: labels, optional title and y-range, a light grid, and a
+    legend of the given font size (None: no legend)."""
+    if title is not None:
+        ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3)
+    if legend is not None:
+        ax.legend(fontsize=legend)
+
 def panel_entropy(runs: list[RunData]) -> PanelResult:
     res = PanelResult("entropy", "Entropy vs step",
                       "Token-mean policy entropy of the rollouts at each training step; all runs overlaid. "
@@ -99,10 +114,7 @@ def panel_entropy(runs: list[RunData]) -> PanelResult:
         plt.close(fig)
         res.note = "no run logged an entropy metric (metrics.jsonl key 'entropy') or eval entropy"
         return res
-    ax.set_xlabel("step")
-    ax.set_ylabel("entropy (nats / token)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _style(ax, xlabel="step", ylabel="entropy (nats / token)", legend=8)
     res.figures.append(("entropy", fig))
     return res
 
@@ -131,11 +143,7 @@ def panel_reward(runs: list[RunData]) -> PanelResult:
         for i, (run, s) in enumerate(zip(runs, have_r)):
             if s is not None:
                 ax.plot(s[0], s[1], color=run_color(i), label=run.name)
-        ax.set_title("reward")
-        ax.set_xlabel("step")
-        ax.set_ylabel("mean reward")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _style(ax, xlabel="step", ylabel="mean reward", title="reward", legend=8)
     if right:
         ax = axes[0, col]
         for i, (run, s, e) in enumerate(zip(runs, have_p, have_e)):
@@ -143,11 +151,7 @@ def panel_reward(runs: list[RunData]) -> PanelResult:
                 ax.plot(s[0], s[1], color=run_color(i), label=f"{run.name} (train)")
             if e is not None:
                 ax.plot(e[0], e[1], color=run_color(i), ls="--", marker="o", ms=4, label=f"{run.name} (eval avg@n)")
-        ax.set_title("pass rate")
-        ax.set_xlabel("step")
-        ax.set_ylabel("fraction correct")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _style(ax, xlabel="step", ylabel="fraction correct", title="pass rate", legend=8)
     res.figures.append(("reward", fig))
     return res
 
@@ -171,12 +175,7 @@ def panel_pass_at_k(runs: list[RunData]) -> PanelResult:
             s = run.eval_series(col)
             if s is not None:
                 ax.plot(s[0], s[1], marker="o", ms=3, color=cmap(c_idx / max(1, len(cols) - 1)), label=col)
-        ax.set_title(run.name)
-        ax.set_xlabel("step")
-        ax.set_ylabel("pass@k")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _style(ax, xlabel="step", ylabel="pass@k", title=run.name, ylim=(-0.02, 1.02), legend=7)
     for j in range(len(with_eval), nrows * ncols):
         axes[j // ncols, j % ncols].set_visible(False)
     res.figures.append(("pass_at_k", fig))
@@ -202,11 +201,7 @@ def panel_controls(runs: list[RunData]) -> PanelResult:
         ax = axes[0, j]
         for i, run, st, v in series[name]:
             ax.plot(st, v, color=run_color(i), label=run.name)
-        ax.set_title(name)
-        ax.set_xlabel("step")
-        ax.set_ylabel("fraction of tokens removed")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _style(ax, xlabel="step", ylabel="fraction of tokens removed", title=name, legend=8)
     res.figures.append(("controls", fig))
     return res
 
@@ -243,11 +238,8 @@ def panel_delta_h(runs: list[RunData]) -> PanelResult:
     pad = 0.05 * (hi - lo) if hi > lo else max(abs(hi), 1e-6) * 0.1
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="k", lw=1, ls="--", label="y = x")
     r_all = agreement(all_p, all_m)["corr"]
-    ax.set_title(f"all runs: r = {r_all:.3f}" if math.isfinite(r_all) else "predicted vs measured ΔH")
-    ax.set_xlabel("predicted ΔH")
-    ax.set_ylabel("measured ΔH")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    title = f"all runs: r = {r_all:.3f}" if math.isfinite(r_all) else "predicted vs measured ΔH"
+    _style(ax, xlabel="predicted ΔH", ylabel="measured ΔH", title=title, legend=8)
     ax.ticklabel_format(style="sci", scilimits=(-3, 3))
     res.figures.append(("delta_h", fig))
     return res
@@ -398,10 +390,7 @@ def panel_r_vs_h(runs: list[RunData]) -> PanelResult:
         grid = np.linspace(hh.min(), hh.max(), 100)
         ax.plot(grid, -a * np.exp(grid) + b, color=run_color(i),
                 label=f"{run.name}: a={a:.3g}, b={b:.3g}, R²={r2:.2f}")
-    ax.set_xlabel("entropy H")
-    ax.set_ylabel("mean reward R")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _style(ax, xlabel="entropy H", ylabel="mean reward R", legend=8)
     res.figures.append(("r_vs_h", fig))
     return res
 
