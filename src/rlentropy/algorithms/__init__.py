@@ -11,15 +11,15 @@ from rlentropy.algorithms.advantages import (
     dr_grpo,
     get_advantage,
     get_advantage_spec,
+    group_stats,
     grpo,
     grpo_advantages,
-    group_stats,
     pass_at_k,
     reinforce_pp,
     rloo,
 )
 from rlentropy.algorithms.aggregation import AGG_MODES, aggregate_loss, aggregation_weights, batch_counts
-from rlentropy.algorithms.controllers import ClipThresholdController, EntropyCoefController
+from rlentropy.algorithms.controllers import CONTROLLERS, ClipThresholdController, EntropyCoefController
 from rlentropy.algorithms.controls import (
     CONTROLS,
     QUADRANTS,
@@ -46,12 +46,24 @@ from rlentropy.algorithms.losses import (
     kl_cov_select,
     ppo,
 )
-from rlentropy.algorithms.registry import Registry, UnknownNameError
+from rlentropy.algorithms.registry import (
+    INPUTS,
+    TOKEN_STATS_FIELDS,
+    ControllerSpec,
+    MethodSpec,
+    Registry,
+    UnknownNameError,
+)
 
 __all__ = [
     "ADVANTAGES",
     "AGG_MODES",
+    "CONTROLLERS",
     "CONTROLS",
+    "ControllerSpec",
+    "INPUTS",
+    "MethodSpec",
+    "TOKEN_STATS_FIELDS",
     "POLICY_LOSSES",
     "QUADRANTS",
     "AdvantageSpec",

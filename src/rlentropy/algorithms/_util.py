@@ -74,8 +74,7 @@ def check_same_shape(reference_name: str, reference: torch.Tensor, **others: tor
         check_tensor(name, tensor)
         if tensor.shape != reference.shape:
             raise ValueError(
-                f"{name} must have the shape of {reference_name} {tuple(reference.shape)}, "
-                f"got {tuple(tensor.shape)}"
+                f"{name} must have the shape of {reference_name} {tuple(reference.shape)}, got {tuple(tensor.shape)}"
             )
 
 
@@ -108,9 +107,7 @@ def token_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tens
             )
         return advantages[:, None].expand(mask.shape)  # [B, T]
     if advantages.shape != mask.shape:
-        raise ValueError(
-            f"advantages must be [B] or [B, T] = {tuple(mask.shape)}, got {tuple(advantages.shape)}"
-        )
+        raise ValueError(f"advantages must be [B] or [B, T] = {tuple(mask.shape)}, got {tuple(advantages.shape)}")
     return advantages  # [B, T]
 
 

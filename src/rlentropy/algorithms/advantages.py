@@ -12,15 +12,14 @@ loss and control here also accepts the `[B]` form directly. Look estimators up w
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from fractions import Fraction
 from math import comb
-from typing import Any, Callable
 
 import torch
 
 from rlentropy.algorithms._util import check_choice, check_nonneg, check_tensor, float_dtype
-from rlentropy.algorithms.registry import Registry
+from rlentropy.algorithms.registry import AdvantageSpec, Registry
 
 AdvantageFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -28,24 +27,7 @@ GRPO_SCALES = ("group", "batch", "none")
 REINFORCE_PP_BASELINES = ("group", "none")
 
 
-@dataclass(frozen=True)
-class AdvantageSpec:
-    """A registered advantage estimator.
-
-    Attributes:
-        name: registry name.
-        fn: the estimator, `fn(rewards, group_ids, **params) -> (adv [B], metrics)`.
-        defaults: the keyword parameters and their defaults.
-        paper: where the method comes from.
-    """
-
-    name: str
-    fn: AdvantageFn
-    defaults: dict[str, Any] = field(default_factory=dict)
-    paper: str = ""
-
-
-ADVANTAGES: Registry[AdvantageSpec] = Registry("advantage estimator")
+ADVANTAGES: Registry[AdvantageSpec] = Registry("advantage estimator", AdvantageSpec)
 
 
 def _check_inputs(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
@@ -100,6 +82,13 @@ def _reward_metrics(rewards: torch.Tensor, adv: torch.Tensor, std: torch.Tensor,
     }
 
 
+@ADVANTAGES.register(
+    "grpo",
+    inputs=("rewards", "group_ids"),
+    paper="DeepSeekMath, arXiv 2402.03300",
+    summary="group-normalised reward (R − mean) / (std + eps); scale group | batch | none",
+    also_in=("TRL", "verl", "Trinity-RFT"),
+)
 def grpo(
     rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: str = "group", eps: float = 1e-6
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -130,6 +119,13 @@ def grpo(
     return adv, _reward_metrics(r, adv, std, size)
 
 
+@ADVANTAGES.register(
+    "dr_grpo",
+    inputs=("rewards", "group_ids"),
+    paper="Dr.GRPO, arXiv 2503.20783",
+    summary="R − group mean, no std division",
+    also_in=("TRL", "verl", "Trinity-RFT"),
+)
 def dr_grpo(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Dr.GRPO advantage: `A_i = R_i − mean_g`, no std division (Liu et al., arXiv 2503.20783).
 
@@ -142,6 +138,13 @@ def dr_grpo(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tenso
     return grpo(rewards, group_ids, scale="none", eps=0.0)
 
 
+@ADVANTAGES.register(
+    "rloo",
+    inputs=("rewards", "group_ids"),
+    paper="RLOO, arXiv 2402.14740",
+    summary="leave-one-out baseline G/(G−1)·(R − mean)",
+    also_in=("TRL", "verl", "Trinity-RFT"),
+)
 def rloo(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """RLOO advantage: `A_i = R_i − mean_{j≠i} R_j = G/(G−1) · (R_i − mean_g)` (Ahmadian et al., arXiv 2402.14740).
 
@@ -158,6 +161,13 @@ def rloo(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, 
     return adv, _reward_metrics(r, adv, std, size)
 
 
+@ADVANTAGES.register(
+    "reinforce_pp",
+    inputs=("rewards", "group_ids"),
+    paper="REINFORCE++, arXiv 2501.03262",
+    summary="batch-whitened reward (optionally group-centred first)",
+    also_in=("verl", "Trinity-RFT"),
+)
 def reinforce_pp(
     rewards: torch.Tensor, group_ids: torch.Tensor, *, baseline: str = "group", eps: float = 1e-6
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -186,15 +196,6 @@ def reinforce_pp(
     else:
         adv = x - x.mean()  # [B] a lone response has nothing to compare with
     return adv, _reward_metrics(r, adv, std, size)
-
-
-ADVANTAGES.add("grpo", AdvantageSpec("grpo", grpo, {"scale": "group", "eps": 1e-6}, "DeepSeekMath, arXiv 2402.03300"))
-ADVANTAGES.add("dr_grpo", AdvantageSpec("dr_grpo", dr_grpo, {}, "Dr.GRPO, arXiv 2503.20783"))
-ADVANTAGES.add("rloo", AdvantageSpec("rloo", rloo, {}, "RLOO, arXiv 2402.14740"))
-ADVANTAGES.add(
-    "reinforce_pp",
-    AdvantageSpec("reinforce_pp", reinforce_pp, {"baseline": "group", "eps": 1e-6}, "REINFORCE++, arXiv 2501.03262"),
-)
 
 
 def get_advantage(name: str) -> AdvantageFn:

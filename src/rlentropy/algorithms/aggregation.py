@@ -48,7 +48,9 @@ def batch_counts(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, seqs
 
 
-def _denominator(name: str, value: torch.Tensor | float | int | None, default: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _denominator(
+    name: str, value: torch.Tensor | float | int | None, default: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
     if value is None:
         return default.to(dtype).clamp_min(1)  # an empty batch gives 0, not NaN
     if isinstance(value, torch.Tensor):

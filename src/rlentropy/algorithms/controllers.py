@@ -1,9 +1,10 @@
 """Adaptive entropy controllers with explicit, checkpointable state.
 
-Both follow the same protocol: read the knob (`coef` / `mu`) for this step, call `update(entropy)` once
-per optimizer step with the step's measured mean token entropy (a Python float: the trainer reads it
-when it logs), and save `state_dict()` in the checkpoint. They are plain Python objects, not tensors,
-so they work identically in our trainer and in the TRL / verl adapters.
+Every controller follows one protocol: read `value` (the knob it drives: `coef`, `mu`, …) for this
+step, call `update(entropy)` once per optimizer step with the step's measured mean token entropy (a
+Python float: the trainer reads it when it logs), log `metrics()`, and save `state_dict()` in the
+checkpoint. They are plain Python objects, not tensors, so they work identically in our trainer and in
+the TRL / verl adapters. Each is registered in `CONTROLLERS` with the control parameter it drives.
 """
 
 from __future__ import annotations
@@ -12,8 +13,20 @@ import math
 from typing import Any
 
 from rlentropy.algorithms._util import check_nonneg, check_positive, check_real
+from rlentropy.algorithms.registry import ControllerSpec, Registry
+
+CONTROLLERS: Registry[ControllerSpec] = Registry("controller", ControllerSpec)
 
 
+@CONTROLLERS.register(
+    "entropy_coef",
+    drives="coef",
+    controls=("entropy_bonus",),
+    init_param="coef_init",
+    paper="Skywork-OR1 arXiv 2505.22312; TRL use_adaptive_entropy",
+    summary="moves the entropy-bonus coefficient by ±delta toward a target entropy",
+    also_in=("TRL",),
+)
 class EntropyCoefController:
     """Adaptive entropy-bonus coefficient toward a target entropy (Skywork-OR1, arXiv 2505.22312; TRL
     `use_adaptive_entropy`).
@@ -64,6 +77,15 @@ class EntropyCoefController:
             return 0.0
         return self.coef
 
+    @property
+    def value(self) -> float:
+        """The knob it drives for this step: the applied entropy-bonus coefficient."""
+        return self.applied_coef
+
+    def metrics(self) -> dict[str, float]:
+        """What to log after `update`: the coefficient and the one the next step applies."""
+        return {"controller/entropy_coef": float(self.coef), "controller/applied_coef": float(self.applied_coef)}
+
     def update(self, entropy: float) -> float:
         """Record this step's mean token entropy and move the coefficient; returns the new `coef`."""
         h = check_real("entropy", float(entropy))
@@ -98,6 +120,14 @@ class EntropyCoefController:
         self.steps = int(state["steps"])
 
 
+@CONTROLLERS.register(
+    "clip_threshold",
+    drives="mu",
+    controls=("clip_b", "clip_v"),
+    init_param="mu_init",
+    paper="ours (rlentropy)",
+    summary="moves the Clip_B / Clip_V threshold μ multiplicatively toward a target entropy",
+)
 class ClipThresholdController:
     """Our controller: moves the Clip_B / Clip_V threshold μ to hold the batch entropy near a target.
 
@@ -146,6 +176,15 @@ class ClipThresholdController:
         self.mu = mu
         self.smoothed: float | None = None
         self.steps = 0
+
+    @property
+    def value(self) -> float:
+        """The knob it drives for this step: μ."""
+        return self.mu
+
+    def metrics(self) -> dict[str, float]:
+        """What to log after `update`: the μ of the next step."""
+        return {"controller/mu": float(self.mu)}
 
     def update(self, entropy: float) -> float:
         """Record this step's mean token entropy and move μ; returns the new μ."""

@@ -14,8 +14,7 @@ The upstream code quirks of Clip_B / Clip_V (ALGORITHMS.md §1–2) are the defa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -39,7 +38,7 @@ from rlentropy.algorithms._util import (
     token_advantages,
 )
 from rlentropy.algorithms.aggregation import aggregate_loss
-from rlentropy.algorithms.registry import Registry
+from rlentropy.algorithms.registry import AGGREGATION_CONTEXT, ControlSpec, Registry
 
 ControlFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -52,32 +51,7 @@ QUADRANT_BASELINES = ("s_bar", "batch_mean", "zero")
 STD_FLOOR = 1e-12
 
 
-@dataclass(frozen=True)
-class ControlSpec:
-    """A registered entropy control.
-
-    Attributes:
-        name: registry name.
-        fn: the function.
-        kind: "mask" (returns a new loss mask) or "loss_term" (returns a scalar to add to the loss).
-        inputs: positional inputs by name: TokenStats fields ("s", "s_bar", "entropy") and
-            "advantages", "mask".
-        stage: "old" (computed once per step from the old-policy statistics of the whole batch, before
-            micro-batching, as upstream) or "current" (from the training forward of each micro-batch).
-        defaults: keyword parameters and their defaults.
-        paper: where the method comes from.
-    """
-
-    name: str
-    fn: ControlFn
-    kind: str
-    inputs: tuple[str, ...]
-    stage: str
-    defaults: dict[str, Any] = field(default_factory=dict)
-    paper: str = ""
-
-
-CONTROLS: Registry[ControlSpec] = Registry("entropy control")
+CONTROLS: Registry[ControlSpec] = Registry("entropy control", ControlSpec)
 
 
 def _prepare(s: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, **others: torch.Tensor | None):
@@ -88,6 +62,15 @@ def _prepare(s: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, **ot
     return s.detach().to(dtype), adv.detach(), as_bool(mask), dtype
 
 
+@CONTROLS.register(
+    "clip_b",
+    kind="mask",
+    inputs=("s", "advantages", "mask"),
+    stage="old",
+    paper="Entropy dynamics (Clip_B), arXiv 2602.03392; Trinity-RFT clipb_advantage.py",
+    summary="drop A<0 tokens whose S is far below the batch mean (μ std)",
+    also_in=("Trinity-RFT",),
+)
 def clip_b_mask(
     s: torch.Tensor,
     advantages: torch.Tensor,
@@ -129,6 +112,14 @@ def clip_b_mask(
     return new_mask, metrics
 
 
+@CONTROLS.register(
+    "clip_v",
+    kind="mask",
+    inputs=("s", "s_bar", "advantages", "mask"),
+    stage="old",
+    paper="Entropy dynamics (Clip_V), arXiv 2602.03392; Trinity-RFT clipv_advantage.py",
+    summary="drop A≤0 tokens with a large E_p[S] − S (μ std, capped at max_frac)",
+)
 def clip_v_mask(
     s: torch.Tensor,
     s_bar: torch.Tensor,
@@ -198,6 +189,18 @@ def clip_v_mask(
     return new_mask, metrics
 
 
+@CONTROLS.register(
+    "high_entropy",
+    kind="mask",
+    inputs=("entropy", "mask", "advantages"),
+    stage="current",
+    stages=("current", "old"),
+    paper="Beyond the 80/20 rule, arXiv 2506.01939",
+    summary="train only on the top-ρ entropy tokens",
+    also_in=("TRL",),
+    notes="stage current (default, as TRL): per micro-batch on the training forward, dropped tokens keep "
+    "their place in the step's denominators; stage old: once per step on the whole batch's old entropy.",
+)
 def high_entropy_mask(
     entropy: torch.Tensor,
     mask: torch.Tensor,
@@ -233,10 +236,23 @@ def high_entropy_mask(
     metrics = drop_fractions(mask, new_mask, adv)
     masked_h = torch.where(selected, h, torch.full_like(h, float("inf")))  # [B, T]
     threshold = torch.where(selected.any(), masked_h.min(), torch.zeros((), dtype=h.dtype, device=h.device))
-    metrics.update({"tokens_selected": count(selected).to(torch.float32), "entropy_threshold": threshold.to(torch.float32)})
+    metrics.update(
+        {"tokens_selected": count(selected).to(torch.float32), "entropy_threshold": threshold.to(torch.float32)}
+    )
     return new_mask, metrics
 
 
+@CONTROLS.register(
+    "entropy_bonus",
+    kind="loss_term",
+    inputs=("entropy", "mask", *AGGREGATION_CONTEXT),
+    stage="current",
+    off_when={"coef": 0.0},
+    log_as={"entropy": "loss/entropy_term", "entropy_coef": None},
+    paper="entropy regularisation (verl entropy_coeff, Trinity entropy_coef)",
+    summary="add −coef·agg(H) to the loss (gradient through the current entropy)",
+    also_in=("TRL", "verl", "Trinity-RFT"),
+)
 def entropy_bonus(
     entropy: torch.Tensor,
     mask: torch.Tensor,
@@ -272,9 +288,7 @@ def entropy_bonus(
             "entropy does not require grad: the entropy bonus would have no gradient; compute the entropy "
             "in the training forward with grad (or pass require_grad=False)"
         )
-    h = aggregate_loss(
-        entropy, mask, mode, global_tokens=global_tokens, global_seqs=global_seqs, max_len=max_len
-    )  # []
+    h = aggregate_loss(entropy, mask, mode, global_tokens=global_tokens, global_seqs=global_seqs, max_len=max_len)  # []
     term = -c * h  # []
     return term, {
         "entropy": h.detach().to(torch.float32),
@@ -282,6 +296,14 @@ def entropy_bonus(
     }
 
 
+@CONTROLS.register(
+    "quadrant",
+    kind="mask",
+    inputs=("s", "s_bar", "advantages", "mask"),
+    stage="old",
+    paper="Theorems 3.2/3.3 of arXiv 2602.03392",
+    summary="keep chosen quadrants of (A sign) × (S vs E_p[S]); a Theorem 3.2 check",
+)
 def quadrant_mask(
     s: torch.Tensor,
     s_bar: torch.Tensor | None,
@@ -347,44 +369,6 @@ def quadrant_mask(
     for q, sel in quadrant.items():
         metrics[f"frac_{q}"] = (count(sel & m) / n).to(torch.float32)
     return new_mask, metrics
-
-
-CONTROLS.add(
-    "clip_b",
-    ControlSpec(
-        "clip_b", clip_b_mask, "mask", ("s", "advantages", "mask"), "old", {"mu": 2.5, "sides": "neg_low"},
-        "Entropy dynamics (Clip_B), arXiv 2602.03392; Trinity-RFT clipb_advantage.py",
-    ),
-)
-CONTROLS.add(
-    "clip_v",
-    ControlSpec(
-        "clip_v", clip_v_mask, "mask", ("s", "s_bar", "advantages", "mask"), "old",
-        {"mu": 8.5, "max_frac": 1e-4, "clip_zero_adv": True, "sides": "neg", "center": False},
-        "Entropy dynamics (Clip_V), arXiv 2602.03392; Trinity-RFT clipv_advantage.py",
-    ),
-)
-CONTROLS.add(
-    "high_entropy",
-    ControlSpec(
-        "high_entropy", high_entropy_mask, "mask", ("entropy", "mask"), "current", {"rho": 0.2},
-        "Beyond the 80/20 rule, arXiv 2506.01939",
-    ),
-)
-CONTROLS.add(
-    "entropy_bonus",
-    ControlSpec(
-        "entropy_bonus", entropy_bonus, "loss_term", ("entropy", "mask"), "current",
-        {"coef": 0.0, "mode": "token-mean"}, "entropy regularisation (verl entropy_coeff, Trinity entropy_coef)",
-    ),
-)
-CONTROLS.add(
-    "quadrant",
-    ControlSpec(
-        "quadrant", quadrant_mask, "mask", ("s", "s_bar", "advantages", "mask"), "old",
-        {"baseline": "s_bar", "keep_zero_adv": False}, "Theorems 3.2/3.3 of arXiv 2602.03392",
-    ),
-)
 
 
 def get_control(name: str) -> ControlFn:

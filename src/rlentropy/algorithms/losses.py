@@ -18,8 +18,7 @@ in `docs/algorithms.md` and in each `PolicyLossSpec`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Callable
 
 import torch
 
@@ -37,7 +36,7 @@ from rlentropy.algorithms._util import (
     masked_mean,
     token_advantages,
 )
-from rlentropy.algorithms.registry import Registry
+from rlentropy.algorithms.registry import PolicyLossSpec, Registry
 
 PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 SelectFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -46,34 +45,8 @@ SelectFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 LOG_RATIO_CLAMP = 20.0
 
 
-@dataclass(frozen=True)
-class PolicyLossSpec:
-    """A registered policy loss.
-
-    Attributes:
-        name: registry name.
-        fn: the loss function.
-        defaults: its keyword parameters with their (upstream) defaults.
-        agg_mode: the aggregation the method requires (GSPO: seq-mean-token-mean), or None when the
-            trainer's `loss_agg_mode` applies.
-        default_agg_mode: the aggregation its reference recipes use.
-        paper: where the method comes from.
-        select: for clip_cov / kl_cov, the token-selection function, so a trainer can select over the
-            whole batch once and pass `selected=` slices to each micro-batch (global selection).
-        needs_generator: the loss draws random numbers (pass `generator=` or `selected=`).
-    """
-
-    name: str
-    fn: PolicyLossFn
-    defaults: dict[str, Any] = field(default_factory=dict)
-    agg_mode: str | None = None
-    default_agg_mode: str = "token-mean"
-    paper: str = ""
-    select: SelectFn | None = None
-    needs_generator: bool = False
-
-
-POLICY_LOSSES: Registry[PolicyLossSpec] = Registry("policy loss")
+POLICY_LOSSES: Registry[PolicyLossSpec] = Registry("policy loss", PolicyLossSpec)
+_LOSS_INPUTS = ("logp", "old_logp", "advantages", "mask")
 
 
 def _prepare(
@@ -123,6 +96,13 @@ def _base_metrics(log_ratio: torch.Tensor, ratio: torch.Tensor, m: torch.Tensor)
     }
 
 
+@POLICY_LOSSES.register(
+    "ppo",
+    inputs=_LOSS_INPUTS,
+    also_in=("TRL", "verl", "Trinity-RFT"),
+    paper="PPO arXiv 1707.06347; dual clip arXiv 1912.09729; clip-higher (eps_high 0.28) DAPO arXiv 2503.14476",
+    summary="clipped surrogate with clip-higher (eps_low / eps_high) and dual clip c",
+)
 def ppo(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -173,6 +153,15 @@ def ppo(
     return _masked(loss, m), metrics
 
 
+@POLICY_LOSSES.register(
+    "gspo",
+    inputs=_LOSS_INPUTS,
+    agg_mode="seq-mean-token-mean",
+    default_agg_mode="seq-mean-token-mean",
+    paper="GSPO arXiv 2507.18071",
+    summary="clip on the sequence-level (geometric-mean) ratio",
+    also_in=("TRL", "verl", "Trinity-RFT"),
+)
 def gspo(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -218,6 +207,13 @@ def gspo(
     return _masked(loss, m), metrics
 
 
+@POLICY_LOSSES.register(
+    "cispo",
+    inputs=_LOSS_INPUTS,
+    paper="MiniMax-M1 arXiv 2506.13585",
+    summary="REINFORCE with a clipped stop-gradient IS weight",
+    also_in=("TRL", "verl", "Trinity-RFT"),
+)
 def cispo(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -257,6 +253,12 @@ def cispo(
     return _masked(loss, m), metrics
 
 
+@POLICY_LOSSES.register(
+    "ce_gppo",
+    inputs=_LOSS_INPUTS,
+    paper="CE-GPPO arXiv 2509.20712",
+    summary="gradient-preserving clip: clipped tokens keep a bounded gradient (β1, β2)",
+)
 def ce_gppo(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -375,6 +377,15 @@ def clip_cov_select(
     }
 
 
+@POLICY_LOSSES.register(
+    "clip_cov",
+    inputs=(*_LOSS_INPUTS, "generator", "selected"),
+    select=clip_cov_select,
+    needs_generator=True,
+    paper="Cui et al. arXiv 2505.22617",
+    summary="detach a random fraction of high-Cov(log p, A) tokens",
+    also_in=("verl",),
+)
 def clip_cov(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -467,6 +478,14 @@ def kl_cov_select(
     return selected, {"tokens_selected": count(selected).to(torch.float32)}
 
 
+@POLICY_LOSSES.register(
+    "kl_cov",
+    inputs=(*_LOSS_INPUTS, "selected"),
+    select=kl_cov_select,
+    paper="Cui et al. arXiv 2505.22617",
+    summary="|log r| penalty on the top-Cov(log p, A) tokens",
+    also_in=("verl",),
+)
 def kl_cov(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -511,61 +530,6 @@ def kl_cov(
         }
     )
     return _masked(loss, m), metrics
-
-
-POLICY_LOSSES.add(
-    "ppo",
-    PolicyLossSpec(
-        "ppo",
-        ppo,
-        {"eps_low": 0.2, "eps_high": 0.2, "clip_ratio_c": 3.0},
-        paper="PPO arXiv 1707.06347; dual clip arXiv 1912.09729; clip-higher (eps_high 0.28) DAPO arXiv 2503.14476",
-    ),
-)
-POLICY_LOSSES.add(
-    "gspo",
-    PolicyLossSpec(
-        "gspo",
-        gspo,
-        {"eps_low": 3e-4, "eps_high": 4e-4},
-        agg_mode="seq-mean-token-mean",
-        default_agg_mode="seq-mean-token-mean",
-        paper="GSPO arXiv 2507.18071",
-    ),
-)
-POLICY_LOSSES.add(
-    "cispo", PolicyLossSpec("cispo", cispo, {"eps_low": 1.0, "eps_high": 4.0}, paper="MiniMax-M1 arXiv 2506.13585")
-)
-POLICY_LOSSES.add(
-    "ce_gppo",
-    PolicyLossSpec(
-        "ce_gppo",
-        ce_gppo,
-        {"eps_low": 0.2, "eps_high": 0.2, "beta1": 0.75, "beta2": 1.0, "clip_ratio_c": 10.0},
-        paper="CE-GPPO arXiv 2509.20712",
-    ),
-)
-POLICY_LOSSES.add(
-    "clip_cov",
-    PolicyLossSpec(
-        "clip_cov",
-        clip_cov,
-        {"eps_low": 1.0, "eps_high": 1.0, "clip_cov_ratio": 2e-4, "clip_cov_lb": 1.0, "clip_cov_ub": 5.0},
-        paper="Cui et al. arXiv 2505.22617",
-        select=clip_cov_select,
-        needs_generator=True,
-    ),
-)
-POLICY_LOSSES.add(
-    "kl_cov",
-    PolicyLossSpec(
-        "kl_cov",
-        kl_cov,
-        {"kl_cov_ratio": 2e-4, "ppo_kl_coef": 1.0},
-        paper="Cui et al. arXiv 2505.22617",
-        select=kl_cov_select,
-    ),
-)
 
 
 def get_policy_loss(name: str) -> PolicyLossFn:
