@@ -8,16 +8,32 @@ import math
 import pytest
 
 from rlentropy.errors import ConfigError
-from rlentropy.train.demo import (EVAL_SEED, METHODS, _controlled, _library_defaults, demo_command, run_demo,
-                                  summary_markdown)
+from rlentropy.studies.demo import (
+    EVAL_SEED,
+    METHODS,
+    _controlled,
+    _library_defaults,
+    demo_command,
+    run_demo,
+    summary_markdown,
+)
 
 
 def test_demo_runs_and_writes_summary_and_report(tiny_model_dir, tmp_path):
     out = tmp_path / "demo"
     overrides = [
-        f"model.path={tiny_model_dir}", "train.steps=2", "train.prompts_per_step=2", "train.group_size=4",
-        "train.mini_batches=1", "rollout.max_new_tokens=8", "eval.n=2", "eval.max_prompts=2", "logging.tensorboard=false",
-        "probes.every=1", "probes.probe_prompts=1", "probes.logit_check=false",
+        f"model.path={tiny_model_dir}",
+        "train.steps=2",
+        "train.prompts_per_step=2",
+        "train.group_size=4",
+        "train.mini_batches=1",
+        "rollout.max_new_tokens=8",
+        "eval.n=2",
+        "eval.max_prompts=2",
+        "logging.tensorboard=false",
+        "probes.every=1",
+        "probes.probe_prompts=1",
+        "probes.logit_check=false",
     ]
     path = run_demo(out, quiet=True, workers=1, methods=["grpo", "clip_b"], overrides=overrides)
     text = path.read_text()
@@ -36,10 +52,21 @@ def test_demo_runs_and_writes_summary_and_report(tiny_model_dir, tmp_path):
         # base policy = eval step 0 and final policy = eval step 2 of every run, with the settings record
         for step in (0, 2):
             rec = json.loads((run / "eval" / f"step_{step}" / "metrics.json").read_text())
-            assert rec["settings"]["seed"] == EVAL_SEED and rec["settings"]["n"] == 2 and rec["settings"]["max_prompts"] == 2
+            assert (
+                rec["settings"]["seed"] == EVAL_SEED
+                and rec["settings"]["n"] == 2
+                and rec["settings"]["max_prompts"] == 2
+            )
         assert json.loads((run / "eval" / "step_2" / "metrics.json").read_text())["pass@1"] == r["pass@1"]
-        assert [line.split(",")[0] for line in (run / "eval" / "metrics.csv").read_text().splitlines()] == ["step", "0", "2"]
-    assert data["base"]["pass@1"] == json.loads((out / "grpo-s0" / "eval" / "step_0" / "metrics.json").read_text())["pass@1"]
+        assert [line.split(",")[0] for line in (run / "eval" / "metrics.csv").read_text().splitlines()] == [
+            "step",
+            "0",
+            "2",
+        ]
+    assert (
+        data["base"]["pass@1"]
+        == json.loads((out / "grpo-s0" / "eval" / "step_0" / "metrics.json").read_text())["pass@1"]
+    )
     assert (out / "report.html").is_file()
     # a second demo with the same config reuses the finished runs; a changed config reruns them
     stamp = (out / "grpo-s0" / "metrics.jsonl").stat().st_mtime_ns
@@ -52,12 +79,15 @@ def test_demo_runs_and_writes_summary_and_report(tiny_model_dir, tmp_path):
 
 
 def test_method_parameters_against_library_defaults():
-    assert _library_defaults(["algorithm.control=clip_v", "algorithm.control_params.mu=2.0",
-                              "algorithm.control_params.max_frac=0.02"]) == [("mu", 2.0, 8.5), ("max_frac", 0.02, 1e-4)]
+    assert _library_defaults(
+        ["algorithm.control=clip_v", "algorithm.control_params.mu=2.0", "algorithm.control_params.max_frac=0.02"]
+    ) == [("mu", 2.0, 8.5), ("max_frac", 0.02, 1e-4)]
     assert _library_defaults(["algorithm.loss=clip_cov", "algorithm.loss_params.clip_cov_ratio=0.02"]) == [
-        ("clip_cov_ratio", 0.02, 2e-4)]
+        ("clip_cov_ratio", 0.02, 2e-4)
+    ]
     assert _library_defaults(["algorithm.loss=kl_cov", "algorithm.loss_params.kl_cov_ratio=0.02"]) == [
-        ("kl_cov_ratio", 0.02, 2e-4)]
+        ("kl_cov_ratio", 0.02, 2e-4)
+    ]
     assert _library_defaults([]) == []
     # tokens controlled: the selection of the covariance losses, else removed tokens with A != 0
     assert _controlled({"control/frac_selected": 0.02, "control/frac_removed_active": 0.0}) == 0.02
@@ -66,8 +96,18 @@ def test_method_parameters_against_library_defaults():
 
 def test_summary_table_mean_and_std():
     rows = [
-        {"method": "grpo", "seed": s, "entropy_first": 1.0, "entropy_final": 0.5 + 0.1 * s, "entropy_min": 0.4,
-         "reward_final": 0.5, "pass@1": 0.2, "pass@4": 0.5, "frac_controlled": 0.0, "wall_s": 10.0}
+        {
+            "method": "grpo",
+            "seed": s,
+            "entropy_first": 1.0,
+            "entropy_final": 0.5 + 0.1 * s,
+            "entropy_min": 0.4,
+            "reward_final": 0.5,
+            "pass@1": 0.2,
+            "pass@4": 0.5,
+            "frac_controlled": 0.0,
+            "wall_s": 10.0,
+        }
         for s in range(2)
     ]
     text = summary_markdown(rows, None, n=4, steps=10, seeds=2)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rlentropy.dynamics import THEOREM_SIGN
-from rlentropy.train.quadrants import ARMS, quadrant_study_config, run_quadrant_study, summarise_quadrant_study
+from rlentropy.studies.quadrants import ARMS, quadrant_study_config, run_quadrant_study, summarise_quadrant_study
 
 
 @pytest.fixture(autouse=True)
@@ -34,12 +34,30 @@ def test_config_per_arm_sets_the_quadrant_mask(tmp_path):
 
 def test_summary_table_signs_hand_made():
     recs = [
-        {"arm": "pos_high", "seed": 0, "meas_dH_total": -0.02, "pred_dH_total": -0.01,
-         "sampled_entropy_first": 2.0, "sampled_entropy_last": 1.5},
-        {"arm": "pos_high", "seed": 1, "meas_dH_total": -0.04, "pred_dH_total": -0.03,
-         "sampled_entropy_first": 2.0, "sampled_entropy_last": 1.9},
-        {"arm": "neg_high", "seed": 0, "meas_dH_total": -0.01, "pred_dH_total": 0.01,
-         "sampled_entropy_first": 2.0, "sampled_entropy_last": 2.1},
+        {
+            "arm": "pos_high",
+            "seed": 0,
+            "meas_dH_total": -0.02,
+            "pred_dH_total": -0.01,
+            "sampled_entropy_first": 2.0,
+            "sampled_entropy_last": 1.5,
+        },
+        {
+            "arm": "pos_high",
+            "seed": 1,
+            "meas_dH_total": -0.04,
+            "pred_dH_total": -0.03,
+            "sampled_entropy_first": 2.0,
+            "sampled_entropy_last": 1.9,
+        },
+        {
+            "arm": "neg_high",
+            "seed": 0,
+            "meas_dH_total": -0.01,
+            "pred_dH_total": 0.01,
+            "sampled_entropy_first": 2.0,
+            "sampled_entropy_last": 2.1,
+        },
     ]
     text, table = summarise_quadrant_study(recs)
     assert table["pos_high"]["mean_meas_dH"] == pytest.approx(-0.03)

@@ -13,18 +13,70 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rlentropy.algorithms import ADVANTAGES, CONTROLLERS, POLICY_LOSSES
+from rlentropy.algorithms.dispatch import configure_controls, control_names
 from rlentropy.data.tasks import DataConfig
 from rlentropy.errors import ConfigError
 from rlentropy.models.loading import ModelConfig
-from rlentropy.train.probes import ProbesConfig
 
-AdvantageName = Literal["grpo", "dr_grpo", "rloo", "reinforce_pp"]
-LossName = Literal["ppo", "gspo", "cispo", "ce_gppo", "clip_cov", "kl_cov"]
 AggregationMode = Literal["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
-ControlName = Literal["none", "clip_b", "clip_v", "high_entropy", "quadrant"]
-ControllerName = Literal["none", "entropy_coef", "clip_threshold"]
+
+
+RECOMMENDED_EVERY = 10
+"""The probing frequency we recommend (and benchmark) when probes are switched on."""
+
+
+class ProbesConfig(BaseModel):
+    """`probes:` section of a training config.
+
+    Attributes:
+        every: probe every N-th step (steps with step % every == 0); 0 switches every probe off.
+            10 is the recommended frequency (the one benchmarked in benchmarks/RESULTS.md).
+        pressure: per-token first-order pressure ΔH_tok = lr·w·A·(s_bar − S) and its quadrants
+            (nearly free: elementwise on the old-policy statistics).
+        covariance: Cov(log p, A) over the batch and the per-token covariance quantiles (nearly free).
+        step_probe: predicted ΔH = ∇H·Δθ on the probe batch with the real update Δθ, and the
+            measured ΔH on the same fixed sequences after the step.
+        logit_check: on the probe positions, −Σ S δz from the real logit change vs the measured
+            per-position ΔH (needs `step_probe`'s forward passes; adds two hidden-state forwards).
+        probe_batch: "independent" (a fresh held-out rollout batch from `sample_probe_batch`, so the
+            prediction is not biased by the update being computed on the same samples) or "train".
+        probe_prompts: prompts in the independent probe batch (the trainer's `sample_probe_batch`
+            draws this many prompts, each with the run's samples per prompt).
+        probe_max_sequences: cap on the probe batch's rows (the first rows are kept).
+        probe_micro_batch: rows per forward/backward on the probe batch (bounds memory).
+        logit_chunk: positions per chunk in the logit-space check (bounds memory to [chunk, V]).
+        fisher_every: compute the sequence Fisher kernel on probed steps with step % fisher_every == 0
+            (0 = off). Stores fisher_sequences × (trainable parameters) floats: meant for LoRA or
+            small models.
+        fisher_sequences: sequences (first rows of the training batch) in the Fisher kernel.
+        fisher_metric: "identity" (K = g·g') or "adam" (K = g·P·g', P = 1/(√v̂ + ε) of this step,
+            applied once). "adam" needs an Adam-family optimizer.
+        gns: gradient noise scale B_simple from the micro-batch gradients of the step (needs >= 2
+            micro-batches; keeps one extra copy of the gradients).
+        save_arrays: write `dynamics/step_N.npz` with the per-token and per-position arrays.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    every: int = Field(0, ge=0)
+    pressure: bool = True
+    covariance: bool = True
+    step_probe: bool = True
+    logit_check: bool = True
+    probe_batch: Literal["independent", "train"] = "independent"
+    probe_prompts: int = Field(4, ge=1)
+    probe_max_sequences: int = Field(64, ge=1)
+    probe_micro_batch: int = Field(16, ge=1)
+    logit_chunk: int = Field(128, ge=1)
+    fisher_every: int = Field(0, ge=0)
+    fisher_sequences: int = Field(16, ge=2)
+    fisher_metric: Literal["identity", "adam"] = "identity"
+    gns: bool = True
+    save_arrays: bool = True
+
 
 
 class _Section(BaseModel):
@@ -62,40 +114,103 @@ class KLConfig(_Section):
     estimator: Literal["k1", "k3"] = "k3"
 
 
+def _one_of(value: str, names: tuple[str, ...]) -> str:
+    if value not in names:
+        raise ValueError(f"{value!r} is not allowed; allowed: {', '.join(names)}")
+    return value
+
+
 class AlgorithmConfig(_Section):
-    """`algorithm:` advantage, policy loss, aggregation, entropy control, bonus, controller, KL.
+    """`algorithm:` advantage, policy loss, aggregation, entropy control(s), bonus, controller, KL.
+
+    Every name is looked up in the registries of `rlentropy.algorithms` (`rlentropy methods` lists
+    them); every `*_params` key is checked against the method's parameters, whose defaults are the
+    upstream ones written in the method's signature.
 
     Attributes:
         advantage / advantage_params: advantage estimator and its keyword parameters.
-        loss / loss_params: policy loss (clip_cov and kl_cov are the Cui et al. controls) and its
-            parameters (e.g. eps_low, eps_high, clip_ratio_c, clip_cov_ratio, kl_cov_ratio, ppo_kl_coef).
-        cov_selection: for clip_cov / kl_cov, pick the controlled tokens once per step over the whole
-            batch from the old-policy log-probs ("batch": independent of the micro-batch split and of
-            the number of processes) or per micro-batch from the current log-probs ("micro_batch",
-            as upstream verl).
+        loss / loss_params: policy loss and its parameters (e.g. eps_low, eps_high, clip_ratio_c,
+            clip_cov_ratio, kl_cov_ratio, ppo_kl_coef).
+        cov_selection: for losses with a token selection (clip_cov, kl_cov), pick the controlled tokens
+            once per step over the whole batch from the old-policy log-probs ("batch": independent of
+            the micro-batch split and of the number of processes) or per micro-batch from the current
+            log-probs ("micro_batch", as upstream verl).
         aggregation: how the per-token loss matrix becomes a scalar; max_len for seq-mean-token-sum-norm
             (default rollout.max_new_tokens).
-        control / control_params: mask edit applied after the old-policy statistics (clip_b: mu, sides;
-            clip_v: mu, max_frac, clip_zero_adv; high_entropy: rho; quadrant: keep, baseline).
-        entropy_bonus: coefficient c of −c·agg(H) (0 = off).
-        controller / controller_params: adaptive controller ("entropy_coef" drives entropy_bonus,
-            "clip_threshold" drives the mu of clip_b / clip_v) toward a target entropy.
+        control / control_params: one entropy control (mask edit, advantage edit or loss term) and its
+            parameters, or a list of controls applied in order with `control_params` keyed by name.
+        control_stage: run the control(s) at this stage instead of each control's default ("old": once
+            per step on the old policy's statistics of the whole batch; "current": per micro-batch on the
+            training forward); only stages a control lists are allowed.
+        entropy_bonus: coefficient c of −c·agg(H) (0 = off): the `entropy_bonus` control.
+        controller / controller_params: adaptive controller that moves a parameter of the control it
+            drives (entropy_coef → entropy_bonus's coef, clip_threshold → clip_b / clip_v's mu) toward
+            a target entropy.
         kl: reference-model KL penalty.
     """
 
-    advantage: AdvantageName = "grpo"
+    advantage: str = "grpo"
     advantage_params: dict[str, Any] = Field(default_factory=dict)
-    loss: LossName = "ppo"
+    loss: str = "ppo"
     loss_params: dict[str, Any] = Field(default_factory=dict)
     cov_selection: Literal["batch", "micro_batch"] = "batch"
     aggregation: AggregationMode = "token-mean"
     max_len: int | None = Field(default=None, ge=1)
-    control: ControlName = "none"
+    control: str | list[str] = "none"
     control_params: dict[str, Any] = Field(default_factory=dict)
+    control_stage: Literal["old", "current"] | None = None
     entropy_bonus: float = Field(default=0.0, ge=0)
-    controller: ControllerName = "none"
+    controller: str = "none"
     controller_params: dict[str, Any] = Field(default_factory=dict)
     kl: KLConfig = Field(default_factory=KLConfig)
+
+    @field_validator("advantage")
+    @classmethod
+    def _advantage_name(cls, v: str) -> str:
+        return _one_of(v, ADVANTAGES.names())
+
+    @field_validator("loss")
+    @classmethod
+    def _loss_name(cls, v: str) -> str:
+        return _one_of(v, POLICY_LOSSES.names())
+
+    @field_validator("control")
+    @classmethod
+    def _control_names(cls, v: str | list[str]) -> str | list[str]:
+        for name in [v] if isinstance(v, str) else v:
+            _one_of(name, control_names())
+        return v
+
+    @field_validator("controller")
+    @classmethod
+    def _controller_name(cls, v: str) -> str:
+        return _one_of(v, ("none", *CONTROLLERS.names()))
+
+    def controls(self) -> list[str]:
+        """The configured control names, in order ("none" → [])."""
+        names = [self.control] if isinstance(self.control, str) else list(self.control)
+        return [n for n in names if n != "none"]
+
+    @model_validator(mode="after")
+    def _params(self) -> "AlgorithmConfig":
+        ADVANTAGES.get(self.advantage).resolve(self.advantage_params, where="algorithm.advantage_params")
+        POLICY_LOSSES.get(self.loss).resolve(self.loss_params, where="algorithm.loss_params")
+        configure_controls(self.controls(), self.control_params, stage=self.control_stage, where="algorithm.control_params")
+        if self.controller != "none":
+            spec = CONTROLLERS.get(self.controller)
+            spec.resolve(self.controller_params, where="algorithm.controller_params")
+            driven = [n for n in self.controls() if n in spec.controls]
+            if spec.controls == ("entropy_bonus",):
+                if self.entropy_bonus == 0:
+                    raise ValueError(f"algorithm.controller: {self.controller!r} needs algorithm.entropy_bonus > 0 "
+                                     "(its start value)")
+            elif not driven:
+                raise ValueError(f"algorithm.controller: {self.controller!r} needs algorithm.control "
+                                 f"{' or '.join(spec.controls)}")
+            missing = [k for k in spec.required if k not in self.controller_params]
+            if missing:
+                raise ValueError(f"algorithm.controller_params: controller {self.controller!r} needs {', '.join(missing)}")
+        return self
 
 
 class OptimConfig(_Section):
@@ -194,7 +309,7 @@ class DemoConfig(_Section):
     Attributes:
         methods: method name → the `key=value` overrides that turn this config into that method's run
             (the method switch and its parameters), in the order the demo runs and reports them.
-            Empty = the built-in switches of `rlentropy.train.demo.METHODS` with library defaults.
+            Empty = the built-in switches of `rlentropy.studies.demo.METHODS` with library defaults.
         rule: how those parameters were chosen, in words (printed in the demo's summary.md).
     """
 
@@ -221,11 +336,6 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RunConfig":
-        a = self.algorithm
-        if a.controller == "clip_threshold" and a.control not in ("clip_b", "clip_v"):
-            raise ValueError("algorithm.controller: 'clip_threshold' needs algorithm.control clip_b or clip_v")
-        if a.controller == "entropy_coef" and a.entropy_bonus == 0:
-            raise ValueError("algorithm.controller: 'entropy_coef' needs algorithm.entropy_bonus > 0 (its start value)")
         if self.train.mini_batches > self.train.prompts_per_step:
             raise ValueError("train.mini_batches: must be <= train.prompts_per_step (groups are split across mini-batches)")
         return self

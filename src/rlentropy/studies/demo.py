@@ -9,11 +9,12 @@ well the probes' predicted entropy change matched the measured one across the pr
 
 Runs go two at a time in worker processes with one intra-op thread each: on tiny models that is
 about twice as fast on two cores as one run with two threads (`RLENTROPY_DEMO_WORKERS` overrides).
-`--study quadrants` runs the theorem study of `rlentropy.train.quadrants` instead.
+`--study quadrants` runs the theorem study of `rlentropy.studies.quadrants` instead.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -25,7 +26,21 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from rlentropy.algorithms import CONTROLS, POLICY_LOSSES
+from rlentropy.data import build_task
+from rlentropy.dynamics import prediction_agreement
 from rlentropy.errors import ConfigError
+from rlentropy.evaluate import evaluate_model
+from rlentropy.evaluate.run import eval_settings, read_eval_result, save_eval_result
+from rlentropy.models.loading import load_policy
+from rlentropy.report.html import write_report
+from rlentropy.runs.config import dump_config, load_config, parse_override
+from rlentropy.studies.quadrants import run_quadrant_study
+from rlentropy.train.run import run_training
 
 DEMO_CONFIG = "demo_countdown.yaml"
 EVAL_SEED = 1234
@@ -52,13 +67,15 @@ def demo_config_path() -> Path:
 
 def method_overrides(cfg: Any) -> dict[str, list[str]]:
     """Method name → its overrides: the config's `demo.methods`, else the built-in `METHODS`."""
-    return {m: list(o) for m, o in cfg.demo.methods.items()} if cfg.demo.methods else {m: list(o) for m, o in METHODS.items()}
+    return (
+        {m: list(o) for m, o in cfg.demo.methods.items()}
+        if cfg.demo.methods
+        else {m: list(o) for m, o in METHODS.items()}
+    )
 
 
 def _finished(run_dir: Path, cfg: Any) -> bool:
     """True when run_dir holds this exact config's finished run (same resolved config, every step)."""
-    from rlentropy.train.config import dump_config
-
     metrics = run_dir / "metrics.jsonl"
     summary = run_dir / "demo_result.json"
     config = run_dir / "config.yaml"
@@ -82,8 +99,6 @@ def _controlled(h: dict[str, Any]) -> float:
 
 
 def _summarise_run(history: list[dict[str, Any]], eval_metrics: dict[str, Any], n: int) -> dict[str, Any]:
-    from rlentropy.dynamics import prediction_agreement
-
     ent = [h["entropy/mean"] for h in history]
     rew = [h["reward/mean"] for h in history]
     tail = max(1, len(history) // 5)
@@ -110,26 +125,26 @@ def _summarise_run(history: list[dict[str, Any]], eval_metrics: dict[str, Any], 
 
 def _evaluate(model: Any, tokenizer: Any, cfg: Any) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """(metrics, samples, settings) of the demo evaluation of `model` (the config's `eval:`, EVAL_SEED)."""
-    from rlentropy.data import build_task
-    from rlentropy.evaluate import evaluate_model
-    from rlentropy.train.trainer import eval_settings
-
     task = build_task(cfg.data, for_eval=True)
     st = eval_settings(cfg, task, seed=EVAL_SEED)
-    m, samples = evaluate_model(model, tokenizer, task, n=st["n"], temperature=st["temperature"], top_p=st["top_p"],
-                                max_new_tokens=st["max_new_tokens"], max_prompts=st["max_prompts"], seed=st["seed"],
-                                batch_size=cfg.rollout.batch_size)
+    m, samples = evaluate_model(
+        model,
+        tokenizer,
+        task,
+        n=st["n"],
+        temperature=st["temperature"],
+        top_p=st["top_p"],
+        max_new_tokens=st["max_new_tokens"],
+        max_prompts=st["max_prompts"],
+        seed=st["seed"],
+        batch_size=cfg.rollout.batch_size,
+    )
     return m, samples, st
 
 
 def _run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train + evaluate one (method, seed) in this process. Returns its summary row."""
-    import torch
-
     torch.set_num_threads(job["threads"])
-    from rlentropy.evaluate.run import save_eval_result
-    from rlentropy.train.config import load_config
-    from rlentropy.train.run import run_training
 
     run_dir = Path(job["run_dir"])
     cfg = load_config(job["config"], job["overrides"])
@@ -141,10 +156,21 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
     trainer = run_training(cfg, quiet=True)
     eval_metrics, samples, settings = _evaluate(trainer.model, trainer.tokenizer, cfg)
     ckpt = run_dir / "checkpoints" / f"step_{trainer.step}"
-    save_eval_result(run_dir, trainer.step, eval_metrics, samples, settings=settings,
-                     checkpoint=str(ckpt) if ckpt.is_dir() else f"in-training step {trainer.step}")
-    row = {"method": job["method"], "seed": job["seed"], "run_dir": str(run_dir),
-           **_summarise_run(trainer.history, eval_metrics, cfg.eval.n), "total_s": time.perf_counter() - t0}
+    save_eval_result(
+        run_dir,
+        trainer.step,
+        eval_metrics,
+        samples,
+        settings=settings,
+        checkpoint=str(ckpt) if ckpt.is_dir() else f"in-training step {trainer.step}",
+    )
+    row = {
+        "method": job["method"],
+        "seed": job["seed"],
+        "run_dir": str(run_dir),
+        **_summarise_run(trainer.history, eval_metrics, cfg.eval.n),
+        "total_s": time.perf_counter() - t0,
+    }
     (run_dir / "demo_result.json").write_text(json.dumps(row, indent=1))
     return row
 
@@ -156,24 +182,14 @@ def _base_row(job: dict[str, Any]) -> dict[str, Any]:
     demo saves as eval/step_0 of every run. `<out>/base/` caches it for a rerun with the same
     settings and model.
     """
-    import torch
-
     torch.set_num_threads(job["threads"])
-    from rlentropy.evaluate.run import read_eval_result, save_eval_result
-    from rlentropy.models.loading import load_policy
-    from rlentropy.train.config import load_config
 
     cfg = load_config(job["config"], job["overrides"])
     cache = Path(job["out"]) / "base"
     source = f"base:{cfg.model.path or 'tiny'}"
     prev = read_eval_result(cache, 0)
     if prev is not None and prev.get("checkpoint") == source:
-        from rlentropy.data import build_task
-        from rlentropy.train.trainer import eval_settings
-
         if prev.get("settings") == eval_settings(cfg, build_task(cfg.data, for_eval=True), seed=EVAL_SEED):
-            import gzip
-
             with gzip.open(cache / "eval" / "step_0" / "samples.jsonl.gz", "rt", encoding="utf-8") as fh:
                 samples = [json.loads(line) for line in fh if line.strip()]
             m = {k: v for k, v in prev.items() if k not in ("step", "checkpoint", "settings")}
@@ -184,14 +200,24 @@ def _base_row(job: dict[str, Any]) -> dict[str, Any]:
     return _base_summary(m, samples, settings, cfg.eval.n, source)
 
 
-def _base_summary(m: dict[str, Any], samples: list[dict[str, Any]], settings: dict[str, Any], n: int,
-                  source: str) -> dict[str, Any]:
+def _base_summary(
+    m: dict[str, Any], samples: list[dict[str, Any]], settings: dict[str, Any], n: int, source: str
+) -> dict[str, Any]:
     def num(key: str) -> float:
         v = m.get(key)
         return math.nan if v is None else float(v)
 
-    return {"method": "base (step 0)", "seed": "-", "pass@1": num("pass@1"), f"pass@{n}": num(f"pass@{n}"),
-            "eval_entropy": num("entropy"), "metrics": m, "samples": samples, "settings": settings, "source": source}
+    return {
+        "method": "base (step 0)",
+        "seed": "-",
+        "pass@1": num("pass@1"),
+        f"pass@{n}": num(f"pass@{n}"),
+        "eval_entropy": num("entropy"),
+        "metrics": m,
+        "samples": samples,
+        "settings": settings,
+        "source": source,
+    }
 
 
 def _fmt(v: Any, nd: int = 3) -> str:
@@ -203,16 +229,9 @@ def _fmt(v: Any, nd: int = 3) -> str:
 def _library_defaults(overrides: list[str]) -> list[tuple[str, Any, Any]]:
     """(parameter, demo value, library default) for each `algorithm.{control,loss}_params.X=v` override.
 
-    The library defaults are the upstream defaults (read from the signatures of the control functions
-    and policy losses of `rlentropy.algorithms`).
+    The library defaults are the upstream defaults, read from the registry entries of
+    `rlentropy.algorithms` (the signatures of the controls and policy losses).
     """
-    import inspect
-
-    from rlentropy.algorithms import clip_b_mask, clip_v_mask, get_policy_loss, high_entropy_mask, quadrant_mask
-    from rlentropy.train.config import parse_override
-    from rlentropy.train.controls import _CONTROL_DEFAULT_MU
-
-    controls = {"clip_b": clip_b_mask, "clip_v": clip_v_mask, "high_entropy": high_entropy_mask, "quadrant": quadrant_mask}
     parsed = [parse_override(o) for o in overrides]
     control = next((v for k, v in parsed if k == ["algorithm", "control"]), "none")
     loss = next((v for k, v in parsed if k == ["algorithm", "loss"]), "ppo")
@@ -220,15 +239,11 @@ def _library_defaults(overrides: list[str]) -> list[tuple[str, Any, Any]]:
     for key, value in parsed:
         if len(key) != 3 or key[0] != "algorithm" or key[1] not in ("control_params", "loss_params"):
             continue
-        fn = controls.get(control) if key[1] == "control_params" else get_policy_loss(loss)
-        default: Any = None
-        if fn is not None:
-            param = inspect.signature(fn).parameters.get(key[2])
-            if param is not None and param.default is not inspect.Parameter.empty:
-                default = param.default
-        if key[1] == "control_params" and key[2] == "mu" and control in _CONTROL_DEFAULT_MU:
-            default = _CONTROL_DEFAULT_MU[control]
-        out.append((key[2], value, default))
+        if key[1] == "control_params":
+            defaults = CONTROLS.get(control).defaults if control in CONTROLS else {}
+        else:
+            defaults = POLICY_LOSSES.get(loss).defaults
+        out.append((key[2], value, defaults.get(key[2])))
     return out
 
 
@@ -239,9 +254,17 @@ def _cell(r: dict[str, Any], key: str) -> str:
     return _fmt(v, 4 if key == "frac_controlled" else 3)
 
 
-def summary_markdown(rows: list[dict[str, Any]], base: dict[str, Any] | None, *, n: int, steps: int, seeds: int,
-                     setting: str | None = None, rule: str | None = None,
-                     method_params: dict[str, list[str]] | None = None) -> str:
+def summary_markdown(
+    rows: list[dict[str, Any]],
+    base: dict[str, Any] | None,
+    *,
+    n: int,
+    steps: int,
+    seeds: int,
+    setting: str | None = None,
+    rule: str | None = None,
+    method_params: dict[str, list[str]] | None = None,
+) -> str:
     """The summary: setting, method parameters, the table (and, with several seeds, mean ± std per method).
 
     Args:
@@ -251,15 +274,29 @@ def summary_markdown(rows: list[dict[str, Any]], base: dict[str, Any] | None, *,
         rule: how the method parameters were chosen (the config's `demo.rule`).
         method_params: method → its overrides (listed with the library defaults they replace).
     """
-    cols = [("method", "method"), ("seed", "seed"), ("entropy_first", "H step 1"), ("entropy_final", "H final"),
-            ("entropy_min", "H min"), ("reward_first20", "reward first 20%"), ("reward_final", "reward last 20%"),
-            ("pass@1", "pass@1"), (f"pass@{n}", f"pass@{n}"), ("frac_controlled", "tokens controlled"),
-            ("probe_corr", "ΔH corr"), ("probe_sign_agree", "ΔH sign agree"), ("probe_n", "probed steps"),
-            ("wall_s", "train s")]
+    cols = [
+        ("method", "method"),
+        ("seed", "seed"),
+        ("entropy_first", "H step 1"),
+        ("entropy_final", "H final"),
+        ("entropy_min", "H min"),
+        ("reward_first20", "reward first 20%"),
+        ("reward_final", "reward last 20%"),
+        ("pass@1", "pass@1"),
+        (f"pass@{n}", f"pass@{n}"),
+        ("frac_controlled", "tokens controlled"),
+        ("probe_corr", "ΔH corr"),
+        ("probe_sign_agree", "ΔH sign agree"),
+        ("probe_n", "probed steps"),
+        ("wall_s", "train s"),
+    ]
     lines = [
-        "# rlentropy demo: entropy control on countdown (tiny shipped policy, CPU)", "",
+        "# rlentropy demo: entropy control on countdown (tiny shipped policy, CPU)",
+        "",
         f"{steps} GRPO steps per run, the same setting, seeds and budget for every method (configs/{DEMO_CONFIG})"
-        + (f": {setting}" if setting else "") + ".", "",
+        + (f": {setting}" if setting else "")
+        + ".",
+        "",
         "Definitions: entropy H = token-mean over the response tokens of the step's rollouts of the "
         "full-vocabulary entropy (nats); reward = mean training reward (fraction of correct rollouts) over "
         "the first / last 20 % of steps; pass@k on the first eval prompts with "
@@ -268,7 +305,8 @@ def summary_markdown(rows: list[dict[str, Any]], base: dict[str, Any] | None, *,
         "changed (Clip_B / Clip_V: removed tokens with A ≠ 0; Clip-Cov / KL-Cov: selected tokens); "
         "'ΔH corr' / 'ΔH sign agree' = Pearson correlation and sign agreement, across the probed steps, of "
         "the probes' predicted entropy change ∇H·Δθ and the measured change on the same held-out sequences "
-        "(rlentropy.dynamics.prediction_agreement).", "",
+        "(rlentropy.dynamics.prediction_agreement).",
+        "",
     ]
     if rule or method_params:
         lines += ["## Method parameters", ""]
@@ -276,7 +314,10 @@ def summary_markdown(rows: list[dict[str, Any]], base: dict[str, Any] | None, *,
             lines += [rule.strip(), ""]
         for method, ovs in (method_params or {}).items():
             params = _library_defaults(ovs)
-            switch = ", ".join(o for o in ovs if o.split("=", 1)[0] in ("algorithm.control", "algorithm.loss")) or "no control"
+            switch = (
+                ", ".join(o for o in ovs if o.split("=", 1)[0] in ("algorithm.control", "algorithm.loss"))
+                or "no control"
+            )
             desc = "; ".join(f"{k} {v} (library/upstream default {d})" for k, v, d in params)
             lines.append(f"* {method}: {switch}" + (f"; {desc}" if desc else ""))
         lines.append("")
@@ -295,17 +336,25 @@ def summary_markdown(rows: list[dict[str, Any]], base: dict[str, Any] | None, *,
                 f"({drop:.0f} % lost; minimum {r['entropy_min']:.3f}); training reward "
                 f"{_fmt(r.get('reward_first20', math.nan))} → {_fmt(r.get('reward_final', math.nan))}; pass@1 "
                 f"{_fmt(r.get('pass@1', math.nan))}, pass@{n} {_fmt(r.get(f'pass@{n}', math.nan))}"
-                + (f" (base policy: pass@1 {_fmt(base.get('pass@1', math.nan))}, pass@{n} "
-                   f"{_fmt(base.get(f'pass@{n}', math.nan))})" if base else "") + ".")
+                + (
+                    f" (base policy: pass@1 {_fmt(base.get('pass@1', math.nan))}, pass@{n} "
+                    f"{_fmt(base.get(f'pass@{n}', math.nan))})"
+                    if base
+                    else ""
+                )
+                + "."
+            )
     for r in rows:
         g = grpo.get(r["seed"])
         if r["method"] == "grpo" or g is None:
             continue
         dh = r["entropy_final"] - g["entropy_final"]
         lines.append(
-            f"* {r['method']} (seed {r['seed']}): controlled {100 * r.get('frac_controlled', 0.0):.1f} % of tokens per step; "
+            f"* {r['method']} (seed {r['seed']}): controlled {100 * r.get('frac_controlled', 0.0):.1f} % of tokens "
+            "per step; "
             f"final entropy {r['entropy_final']:.3f} ({'+' if dh >= 0 else '−'}{abs(dh):.3f} vs grpo), pass@1 "
-            f"{_fmt(r.get('pass@1', math.nan))}, pass@{n} {_fmt(r.get(f'pass@{n}', math.nan))}.")
+            f"{_fmt(r.get('pass@1', math.nan))}, pass@{n} {_fmt(r.get(f'pass@{n}', math.nan))}."
+        )
     idle = sorted({r["method"] for r in rows if r["method"] != "grpo" and r.get("frac_controlled", 0.0) == 0.0})
     if idle:
         lines.append(f"* {', '.join(idle)}: controlled no token in any step, so these runs coincide with grpo.")
@@ -315,38 +364,58 @@ def summary_markdown(rows: list[dict[str, Any]], base: dict[str, Any] | None, *,
         sign = [r["probe_sign_agree"] for r in probed if not math.isnan(r.get("probe_sign_agree", math.nan))]
         if corr and sign:
             lines.append(
-                f"* Probes: over {len(probed)} runs × {int(probed[0]['probe_n'])} probed steps, predicted vs measured ΔH "
+                f"* Probes: over {len(probed)} runs × {int(probed[0]['probe_n'])} probed steps, predicted vs "
+                "measured ΔH "
                 f"correlate {min(corr):.2f}–{max(corr):.2f} per run, with the sign right on "
-                f"{100 * statistics.fmean(sign):.0f} % of probed steps on average.")
+                f"{100 * statistics.fmean(sign):.0f} % of probed steps on average."
+            )
     if seeds == 1:
-        lines.append("* One seed: differences of a few hundredths between methods are within seed-to-seed noise; "
-                     "`rlentropy demo --seeds 3` shows whether they hold across seeds.")
+        lines.append(
+            "* One seed: differences of a few hundredths between methods are within seed-to-seed noise; "
+            "`rlentropy demo --seeds 3` shows whether they hold across seeds."
+        )
     if seeds > 1:
-        lines += ["", f"## Mean ± std over {seeds} seeds", "",
-                  "| method | H final | H min | reward | pass@1 | pass@" + str(n) + " |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Mean ± std over {seeds} seeds",
+            "",
+            "| method | H final | H min | reward | pass@1 | pass@" + str(n) + " |",
+            "|---|---|---|---|---|---|",
+        ]
         for method in dict.fromkeys(r["method"] for r in rows):
             rs = [r for r in rows if r["method"] == method]
 
-            def ms(key: str) -> str:
+            def ms(key: str, rs: list[dict[str, Any]] = rs) -> str:
                 vals = [r[key] for r in rs]
                 sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
                 return f"{statistics.fmean(vals):.3f} ± {sd:.3f}"
 
-            lines.append(f"| {method} | {ms('entropy_final')} | {ms('entropy_min')} | {ms('reward_final')} | "
-                         f"{ms('pass@1')} | {ms(f'pass@{n}')} |")
+            lines.append(
+                f"| {method} | {ms('entropy_final')} | {ms('entropy_min')} | {ms('reward_final')} | "
+                f"{ms('pass@1')} | {ms(f'pass@{n}')} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def _setting_line(cfg: Any) -> str:
     t, o = cfg.train, cfg.optim
     probes = f"probes every {cfg.probes.every} steps" if cfg.probes.every else "probes off"
-    return (f"lr {o.lr:g} ({o.schedule}, AdamW, weight decay {o.weight_decay:g}), {t.prompts_per_step} prompts × "
-            f"{t.group_size} samples per step, {t.mini_batches} mini-batches × {t.ppo_epochs} PPO epoch(s), "
-            f"{cfg.rollout.max_new_tokens} new tokens at T = {cfg.rollout.temperature:g}, {probes}")
+    return (
+        f"lr {o.lr:g} ({o.schedule}, AdamW, weight decay {o.weight_decay:g}), {t.prompts_per_step} prompts × "
+        f"{t.group_size} samples per step, {t.mini_batches} mini-batches × {t.ppo_epochs} PPO epoch(s), "
+        f"{cfg.rollout.max_new_tokens} new tokens at T = {cfg.rollout.temperature:g}, {probes}"
+    )
 
 
-def run_demo(out: Path, *, seeds: int = 1, quiet: bool = False, overrides: list[str] | None = None,
-             methods: list[str] | None = None, workers: int | None = None) -> Path:
+def run_demo(
+    out: Path,
+    *,
+    seeds: int = 1,
+    quiet: bool = False,
+    overrides: list[str] | None = None,
+    methods: list[str] | None = None,
+    workers: int | None = None,
+) -> Path:
     """Run the controls study; returns the path of summary.md.
 
     Args:
@@ -356,12 +425,6 @@ def run_demo(out: Path, *, seeds: int = 1, quiet: bool = False, overrides: list[
         methods: a subset of the methods (default: all, in the config's `demo.methods` order).
         workers: parallel worker processes (default 2, or RLENTROPY_DEMO_WORKERS).
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from rlentropy.evaluate.run import save_eval_result
-    from rlentropy.train.config import load_config
-
     console = Console(quiet=quiet)
     config = demo_config_path()
     extra = list(overrides or [])
@@ -375,28 +438,44 @@ def run_demo(out: Path, *, seeds: int = 1, quiet: bool = False, overrides: list[
         load_config(config, [*extra, *table[m]])
     out.mkdir(parents=True, exist_ok=True)
     workers = workers or int(os.environ.get("RLENTROPY_DEMO_WORKERS", "0")) or max(1, min(2, os.cpu_count() or 1))
-    import torch
-
     threads = 1 if workers > 1 else torch.get_num_threads()
     jobs = []
     for seed in range(seeds):
         for m in chosen:
             run_dir = out / f"{m}-s{seed}"
-            jobs.append({"method": m, "seed": seed, "run_dir": str(run_dir), "config": str(config), "threads": threads,
-                         "overrides": [*extra, *table[m], f"train.seed={seed}", f"run_dir={run_dir}", f"name={m}-s{seed}"]})
+            jobs.append(
+                {
+                    "method": m,
+                    "seed": seed,
+                    "run_dir": str(run_dir),
+                    "config": str(config),
+                    "threads": threads,
+                    "overrides": [*extra, *table[m], f"train.seed={seed}", f"run_dir={run_dir}", f"name={m}-s{seed}"],
+                }
+            )
     base_job = {"config": str(config), "overrides": extra, "out": str(out), "threads": threads}
-    console.print(f"[bold]rlentropy demo[/]: {len(jobs)} runs × {cfg.train.steps} steps on {cfg.data.task} "
-                  f"({workers} worker{'s' if workers > 1 else ''}) → {out}")
+    console.print(
+        f"[bold]rlentropy demo[/]: {len(jobs)} runs × {cfg.train.steps} steps on {cfg.data.task} "
+        f"({workers} worker{'s' if workers > 1 else ''}) → {out}"
+    )
     rows: list[dict[str, Any]] = []
     base: dict[str, Any] | None = None
     t0 = time.perf_counter()
 
     def report_row(res: dict[str, Any]) -> None:
-        console.print(f"  {res['method']:>8} seed {res['seed']}: H {res['entropy_first']:.3f} → "
-                      f"{res['entropy_final']:.3f}, pass@1 {res['pass@1']:.3f}")
+        console.print(
+            f"  {res['method']:>8} seed {res['seed']}: H {res['entropy_first']:.3f} → "
+            f"{res['entropy_final']:.3f}, pass@1 {res['pass@1']:.3f}"
+        )
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, disable=quiet) as bar:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    ) as bar:
         task = bar.add_task("runs", total=len(jobs) + 1)
         if workers > 1:
             with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
@@ -420,20 +499,27 @@ def run_demo(out: Path, *, seeds: int = 1, quiet: bool = False, overrides: list[
     if base is None:  # the base job is always submitted; this guards the invariant
         raise ConfigError("demo: the base-policy evaluation did not run")
     for r in rows:  # the starting policy is step 0 of every run's eval curve
-        save_eval_result(r["run_dir"], 0, base["metrics"], base["samples"], settings=base["settings"],
-                         checkpoint=base["source"])
+        save_eval_result(
+            r["run_dir"], 0, base["metrics"], base["samples"], settings=base["settings"], checkpoint=base["source"]
+        )
     base = {k: v for k, v in base.items() if k not in ("metrics", "samples")}
     order = {m: i for i, m in enumerate(table)}
     rows.sort(key=lambda r: (order[r["method"]], r["seed"]))
-    text = summary_markdown(rows, base, n=cfg.eval.n, steps=cfg.train.steps, seeds=seeds, setting=_setting_line(cfg),
-                            rule=cfg.demo.rule or None, method_params={m: table[m] for m in chosen})
+    text = summary_markdown(
+        rows,
+        base,
+        n=cfg.eval.n,
+        steps=cfg.train.steps,
+        seeds=seeds,
+        setting=_setting_line(cfg),
+        rule=cfg.demo.rule or None,
+        method_params={m: table[m] for m in chosen},
+    )
     text += f"\nTotal wall time {time.perf_counter() - t0:.0f} s.\n"
     path = out / "summary.md"
     path.write_text(text, encoding="utf-8")
     (out / "summary.json").write_text(json.dumps({"base": base, "runs": rows}, indent=1))
     console.print(text, markup=False, soft_wrap=True, highlight=False)
-    from rlentropy.report.html import write_report
-
     report = write_report([Path(r["run_dir"]) for r in rows], out)
     console.print(f"report: {report}")
     return path
@@ -444,8 +530,6 @@ def demo_command(seeds: int, study: str, out: Path | None, quiet: bool) -> Path:
     if seeds < 1:
         raise ConfigError(f"--seeds: must be >= 1, got {seeds}")
     if study == "quadrants":
-        from rlentropy.train.quadrants import run_quadrant_study
-
         return run_quadrant_study(out or Path("runs/quadrants"), seeds, quiet)
     if study != "controls":
         raise ConfigError(f"--study: unknown study {study!r}; allowed: controls, quadrants")

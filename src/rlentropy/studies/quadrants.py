@@ -13,10 +13,14 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rlentropy.dynamics import QUADRANTS, THEOREM_SIGN, prediction_agreement
+from rlentropy.errors import ConfigError
+from rlentropy.runs.config import config_from_dict
+from rlentropy.train.run import run_training
 
 __all__ = ["ARMS", "quadrant_study_config", "run_quadrant_study", "summarise_quadrant_study"]
 
@@ -32,7 +36,9 @@ _DESCRIPTION = {
 }
 
 
-def quadrant_study_config(arm: str, *, seed: int, run_dir: str | Path, steps: int = 8, base: dict | None = None) -> dict:
+def quadrant_study_config(
+    arm: str, *, seed: int, run_dir: str | Path, steps: int = 8, base: dict | None = None
+) -> dict:
     """The training config (a dict for `config_from_dict`) of one arm of the study.
 
     Args:
@@ -56,12 +62,26 @@ def quadrant_study_config(arm: str, *, seed: int, run_dir: str | Path, steps: in
         "rollout": {"max_new_tokens": 24, "temperature": 1.0},
         "algorithm": {"control": "none"},
         "optim": {"lr": 1e-3, "weight_decay": 0.0},
-        "train": {"steps": steps, "prompts_per_step": 8, "group_size": 8, "micro_batch_size": 32, "seed": seed, "device": "cpu"},
+        "train": {
+            "steps": steps,
+            "prompts_per_step": 8,
+            "group_size": 8,
+            "micro_batch_size": 32,
+            "seed": seed,
+            "device": "cpu",
+        },
         "checkpoint": {"every": 0, "save_final": False},
         "logging": {"tensorboard": False},
         "probes": {
-            "every": 1, "pressure": True, "covariance": False, "step_probe": True, "logit_check": False,
-            "probe_batch": "independent", "probe_prompts": 4, "gns": False, "save_arrays": False,
+            "every": 1,
+            "pressure": True,
+            "covariance": False,
+            "step_probe": True,
+            "logit_check": False,
+            "probe_batch": "independent",
+            "probe_prompts": 4,
+            "gns": False,
+            "save_arrays": False,
         },
     }
     for key, value in (base or {}).items():
@@ -103,7 +123,10 @@ def _arm_record(arm: str, seed: int, history: list[dict[str, Any]]) -> dict[str,
         "step_pairs": [
             [float(h["probe/step_pred_dH"]), float(h["probe/step_meas_dH"])]
             for h in history
-            if all(isinstance(h.get(k), (int, float)) and math.isfinite(h[k]) for k in ("probe/step_pred_dH", "probe/step_meas_dH"))
+            if all(
+                isinstance(h.get(k), (int, float)) and math.isfinite(h[k])
+                for k in ("probe/step_pred_dH", "probe/step_meas_dH")
+            )
         ],
     }
 
@@ -152,7 +175,8 @@ def summarise_quadrant_study(records: list[dict[str, Any]]) -> tuple[str, dict[s
         "(teacher-forced, token-mean full-vocabulary entropy; `probe/step_meas_dH`). The predicted sign",
         "is Theorem 3.2 / 3.3's first-order sign for updates on that quadrant alone.",
         "",
-        "| arm | tokens trained on | predicted sign | measured ΣΔH (mean ± sd) | first-order ΣΔH | seeds agreeing | sampled-entropy change | agrees |",
+        "| arm | tokens trained on | predicted sign | measured ΣΔH (mean ± sd) | first-order ΣΔH | seeds agreeing "
+        "| sampled-entropy change | agrees |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for arm, t in table.items():
@@ -163,11 +187,7 @@ def summarise_quadrant_study(records: list[dict[str, Any]]) -> tuple[str, dict[s
             f"| `{arm}` | {t['description']} | {arrow(t['predicted_sign'])} | {t['mean_meas_dH']:+.3e}{sd} | "
             f"{t['mean_pred_dH']:+.3e} | {seeds_ok} | {t['mean_sampled_entropy_change']:+.3f} | {agree} |"
         )
-    steps = [
-        {"probe/step_pred_dH": p, "probe/step_meas_dH": m}
-        for r in records
-        for p, m in r.get("step_pairs", [])
-    ]
+    steps = [{"probe/step_pred_dH": p, "probe/step_meas_dH": m} for r in records for p, m in r.get("step_pairs", [])]
     agree = prediction_agreement(steps)
     if agree["n"] > 0:
         lines += [
@@ -210,27 +230,28 @@ def run_quadrant_study(
     Returns:
         The path of summary.md (summary.json beside it holds {"arms": {arm: row}, "runs": [...]}).
     """
-    from rlentropy.train.config import config_from_dict
-
     if seeds < 1:
-        from rlentropy.errors import ConfigError
-
         raise ConfigError(f"--seeds: must be >= 1, got {seeds}")
     if train_fn is None:
-        from rlentropy.train.run import run_training as train_fn
+        train_fn = run_training
     out_dir = Path(out) if out is not None else Path("runs") / "quadrants"
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
     for seed in range(seeds):
         for arm in arms:
-            cfg = config_from_dict(quadrant_study_config(arm, seed=seed, run_dir=out_dir / f"{arm}-s{seed}", steps=steps, base=base))
+            cfg = config_from_dict(
+                quadrant_study_config(arm, seed=seed, run_dir=out_dir / f"{arm}-s{seed}", steps=steps, base=base)
+            )
             if not quiet:
                 print(f"[quadrants] seed {seed} arm {arm}: {steps} steps", flush=True)
             trainer = train_fn(cfg, quiet=quiet)
             rec = _arm_record(arm, seed, list(trainer.history))
             records.append(rec)
             if not quiet:
-                print(f"[quadrants]   measured ΣΔH {rec['meas_dH_total']:+.3e} (first order {rec['pred_dH_total']:+.3e})", flush=True)
+                print(
+                    f"[quadrants]   measured ΣΔH {rec['meas_dH_total']:+.3e} (first order {rec['pred_dH_total']:+.3e})",
+                    flush=True,
+                )
     text, table = summarise_quadrant_study(records)
     (out_dir / "summary.md").write_text(text)
     (out_dir / "summary.json").write_text(json.dumps({"arms": table, "runs": records}, indent=2, default=str))
