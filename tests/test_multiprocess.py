@@ -70,7 +70,8 @@ class _EvenCharsTask:
 
 
 def register_task() -> None:
-    from rlentropy.data.tasks import _TASKS, register_task as reg
+    from rlentropy.data.tasks import _TASKS
+    from rlentropy.data.tasks import register_task as reg
 
     if TASK not in _TASKS:
         reg(TASK)(lambda cfg: _EvenCharsTask())
@@ -101,10 +102,16 @@ def _trainer_class():
             t_own = max(1, int(part.response_mask.sum(-1).max()))
             p = part.prompt_len
             return RolloutBatch(
-                input_ids=part.input_ids[:, : p + t_own], attention_mask=part.attention_mask[:, : p + t_own],
-                response_mask=part.response_mask[:, :t_own], prompt_len=p, sampler_logp=part.sampler_logp[:, :t_own],
-                group_ids=part.group_ids - self.rank * self.local_prompts, prompts=part.prompts,
-                completions=part.completions, examples=part.examples, truncated=part.truncated,
+                input_ids=part.input_ids[:, : p + t_own],
+                attention_mask=part.attention_mask[:, : p + t_own],
+                response_mask=part.response_mask[:, :t_own],
+                prompt_len=p,
+                sampler_logp=part.sampler_logp[:, :t_own],
+                group_ids=part.group_ids - self.rank * self.local_prompts,
+                prompts=part.prompts,
+                completions=part.completions,
+                examples=part.examples,
+                truncated=part.truncated,
             )
 
     return SameRolloutsTrainer
@@ -112,7 +119,7 @@ def _trainer_class():
 
 def train(cfg_dict: dict) -> None:
     """Run the whole training (what each launched process does)."""
-    from rlentropy.train.config import config_from_dict
+    from rlentropy.runs.config import config_from_dict
 
     register_task()
     trainer = _trainer_class()(config_from_dict(cfg_dict), quiet=True)
@@ -140,8 +147,16 @@ def _config(model_dir: Path, run_dir: Path) -> dict:
         "rollout": {"max_new_tokens": 8, "temperature": 1.0},
         "algorithm": {"control": "clip_b", "control_params": {"mu": 1.0}},
         "optim": {"lr": 1e-2, "weight_decay": 0.0},
-        "train": {"steps": 2, "prompts_per_step": 4, "group_size": 4, "mini_batches": 2, "micro_batch_size": 2,
-                  "grad_clip": 1.0, "seed": 0, "device": "cpu"},
+        "train": {
+            "steps": 2,
+            "prompts_per_step": 4,
+            "group_size": 4,
+            "mini_batches": 2,
+            "micro_batch_size": 2,
+            "grad_clip": 1.0,
+            "seed": 0,
+            "device": "cpu",
+        },
         "checkpoint": {"every": 0, "keep_last": 1},
         "logging": {"tensorboard": False},
     }
@@ -151,11 +166,26 @@ def _launch(cfg: dict, world: int) -> None:
     port = _free_port()
     procs = []
     for rank in range(world):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                   LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                   ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, __file__, json.dumps(cfg)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(world),
+            LOCAL_WORLD_SIZE=str(world),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            ACCELERATE_USE_CPU="true",
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER, __file__, json.dumps(cfg)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     try:
         outs = [p.communicate(timeout=120)[0] for p in procs]
     finally:
@@ -199,7 +229,14 @@ def test_two_processes_match_one_process(tiny_model_dir, tmp_path):
     # agree exactly and the update metrics to float rounding: the sums run in a different order).
     skip = ("time/", "wall_time")
     keys = [k for k in m1[0] if not k.startswith(skip)]
-    assert {"reward/mean", "entropy/mean", "loss/total", "optim/grad_norm", "policy/kl_old", "control/frac_removed"} <= set(keys)
+    assert {
+        "reward/mean",
+        "entropy/mean",
+        "loss/total",
+        "optim/grad_norm",
+        "policy/kl_old",
+        "control/frac_removed",
+    } <= set(keys)
     for r1, r2 in zip(m1, m2):
         assert set(k for k in r2 if not k.startswith(skip)) == set(keys)
         for key in keys:

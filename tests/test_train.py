@@ -18,11 +18,28 @@ from rlentropy.train.run import run_training
 from rlentropy.train.trainer import DataCursor, derive_seed, make_lr_lambda
 
 REQUIRED = [
-    "reward/mean", "reward/std", "reward/pass_rate", "reward/zero_var_group_frac", "entropy/mean",
-    "entropy/surprisal", "entropy/s_mean", "entropy/s_bar_mean", "control/frac_removed",
-    "control/frac_removed_pos", "control/frac_removed_neg", "control/frac_controlled", "policy/kl_old",
-    "optim/grad_norm", "optim/lr", "response/length_mean", "time/rollout", "time/reward", "time/stats",
-    "time/update", "wall_time", "loss/total",
+    "reward/mean",
+    "reward/std",
+    "reward/pass_rate",
+    "reward/zero_var_group_frac",
+    "entropy/mean",
+    "entropy/surprisal",
+    "entropy/s_mean",
+    "entropy/s_bar_mean",
+    "control/frac_removed",
+    "control/frac_removed_pos",
+    "control/frac_removed_neg",
+    "control/frac_controlled",
+    "policy/kl_old",
+    "optim/grad_norm",
+    "optim/lr",
+    "response/length_mean",
+    "time/rollout",
+    "time/reward",
+    "time/stats",
+    "time/update",
+    "wall_time",
+    "loss/total",
 ]
 
 # Settings that make each control find candidates on a 16-sequence batch (the upstream defaults
@@ -31,7 +48,10 @@ CONTROLS = {
     "none": {},
     "clip_b": {"control": "clip_b", "control_params": {"mu": 0.5}},
     "clip_v": {"control": "clip_v", "control_params": {"mu": 0.5, "max_frac": 1.0}},
-    "clip_cov": {"loss": "clip_cov", "loss_params": {"clip_cov_ratio": 0.2, "clip_cov_lb": -100.0, "clip_cov_ub": 100.0}},
+    "clip_cov": {
+        "loss": "clip_cov",
+        "loss_params": {"clip_cov_ratio": 0.2, "clip_cov_lb": -100.0, "clip_cov_ub": 100.0},
+    },
     "kl_cov": {"loss": "kl_cov", "loss_params": {"kl_cov_ratio": 0.2}},
     "high_entropy": {"control": "high_entropy", "control_params": {"rho": 0.5}},
 }
@@ -54,7 +74,12 @@ def _cfg(fast_cfg, **kw):
 @pytest.mark.parametrize("control", list(CONTROLS))
 def test_each_control_trains_and_changes_the_update(fast_cfg, tmp_path, control):
     """Two steps run with finite metrics; step 1 with the control differs from step 1 without it."""
-    cfg = _cfg(fast_cfg, algorithm=CONTROLS[control], train={"steps": 1 if control != "none" else 2}, run_dir=str(tmp_path / control))
+    cfg = _cfg(
+        fast_cfg,
+        algorithm=CONTROLS[control],
+        train={"steps": 1 if control != "none" else 2},
+        run_dir=str(tmp_path / control),
+    )
     tr = run_training(cfg)
     m = tr.history[0]
     for key in REQUIRED:
@@ -85,10 +110,19 @@ def test_update_does_not_depend_on_micro_batch_split(fast_cfg, tmp_path, tiny_mo
 
     init = load_file(str(tiny_model_dir / "model.safetensors"))
     deltas = []
-    for mbs, mode in ((None, "token-mean"), (3, "token-mean"), (None, "seq-mean-token-mean"), (5, "seq-mean-token-mean")):
-        cfg = _cfg(fast_cfg, train={"steps": 1, "micro_batch_size": mbs, "ppo_epochs": 1, "grad_clip": None},
-                   optim={"lr": 1.0, "eps": 1.0, "weight_decay": 0.0},
-                   algorithm={"aggregation": mode}, run_dir=str(tmp_path / f"mb{mbs}{mode}"))
+    for mbs, mode in (
+        (None, "token-mean"),
+        (3, "token-mean"),
+        (None, "seq-mean-token-mean"),
+        (5, "seq-mean-token-mean"),
+    ):
+        cfg = _cfg(
+            fast_cfg,
+            train={"steps": 1, "micro_batch_size": mbs, "ppo_epochs": 1, "grad_clip": None},
+            optim={"lr": 1.0, "eps": 1.0, "weight_decay": 0.0},
+            algorithm={"aggregation": mode},
+            run_dir=str(tmp_path / f"mb{mbs}{mode}"),
+        )
         after = _params(run_training(cfg).model)
         deltas.append({n: after[n] - init[n] for n in init if n in after})
     for x, y in ((deltas[0], deltas[1]), (deltas[2], deltas[3])):
@@ -99,23 +133,34 @@ def test_update_does_not_depend_on_micro_batch_split(fast_cfg, tmp_path, tiny_mo
 
 
 def test_nan_loss_skips_update_then_stops_after_three(fast_cfg, tmp_path, monkeypatch):
-    from rlentropy.train import trainer as trainer_mod
+    from rlentropy.train.methods import MethodSet
+    from rlentropy.train.trainer import Trainer
 
-    real = trainer_mod.Trainer._loss
     bad_steps = {2, 4, 5, 6}
+    current = {}
+    real_step, real_loss = Trainer.train_step, MethodSet.policy_loss
 
-    def poisoned(self, logp, old_logp, adv, mask, *, step, tag, selected=None):
-        loss, m = real(self, logp, old_logp, adv, mask, step=step, tag=tag, selected=selected)
-        return (loss * float("nan") if step in bad_steps else loss), m
+    def tracking(self, step):
+        current["step"] = step
+        return real_step(self, step)
 
-    monkeypatch.setattr(trainer_mod.Trainer, "_loss", poisoned)
+    def poisoned(self, inputs):
+        loss, m = real_loss(self, inputs)
+        return (loss * float("nan") if current.get("step") in bad_steps else loss), m
+
+    monkeypatch.setattr(Trainer, "train_step", tracking)
+    monkeypatch.setattr(MethodSet, "policy_loss", poisoned)
     snaps = {}
 
     def hook(tr, step, metrics):
         snaps[step] = _params(tr.model)
 
-    cfg = _cfg(fast_cfg, train={"steps": 8, "ppo_epochs": 1}, checkpoint={"every": 1, "keep_last": 2},
-               run_dir=str(tmp_path / "nan"))
+    cfg = _cfg(
+        fast_cfg,
+        train={"steps": 8, "ppo_epochs": 1},
+        checkpoint={"every": 1, "keep_last": 2},
+        run_dir=str(tmp_path / "nan"),
+    )
     with pytest.raises(TrainingError, match="3 non-finite.*step 6.*last good checkpoint"):
         run_training(cfg, step_hook=hook)
     # step 2 was skipped: the weights after it equal those after step 1; step 3 updated again
@@ -123,7 +168,7 @@ def test_nan_loss_skips_update_then_stops_after_three(fast_cfg, tmp_path, monkey
     assert any(not torch.equal(snaps[2][n], snaps[3][n]) for n in snaps[2])
     rows = [json.loads(x) for x in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
     assert [r["train/skipped_updates"] for r in rows] == [0, 1, 0, 1, 1]
-    from rlentropy.train.checkpoint import latest_checkpoint
+    from rlentropy.runs.checkpoints import latest_checkpoint
 
     step, path = latest_checkpoint(tmp_path / "nan")
     assert step == 5  # the last checkpoint written before the stop; its weights are finite
@@ -133,9 +178,14 @@ def test_nan_loss_skips_update_then_stops_after_three(fast_cfg, tmp_path, monkey
 
 
 def test_lora_with_reference_kl(fast_cfg, tmp_path):
-    cfg = _cfg(fast_cfg, model={"lora": {"enabled": True, "r": 4, "alpha": 8}},
-               algorithm={"kl": {"coef": 0.1, "estimator": "k3"}}, optim={"lr": 1e-2},
-               train={"steps": 2}, run_dir=str(tmp_path / "lora"))
+    cfg = _cfg(
+        fast_cfg,
+        model={"lora": {"enabled": True, "r": 4, "alpha": 8}},
+        algorithm={"kl": {"coef": 0.1, "estimator": "k3"}},
+        optim={"lr": 1e-2},
+        train={"steps": 2},
+        run_dir=str(tmp_path / "lora"),
+    )
     before = None
 
     def hook(tr, step, metrics):
@@ -216,15 +266,30 @@ def test_lr_schedule_and_cursor():
 
 
 def test_concat_batches_repads_prompts_and_responses():
-    from rlentropy.rollout.base import RolloutBatch
-    from rlentropy.train.trainer import concat_batches
+    from rlentropy.rollout.base import RolloutBatch, concat_batches
 
-    a = RolloutBatch(input_ids=torch.tensor([[5, 6, 7]]), attention_mask=torch.tensor([[1, 1, 1]]),
-                     response_mask=torch.tensor([[1.0]]), prompt_len=2, sampler_logp=torch.tensor([[-0.5]]),
-                     group_ids=torch.tensor([0]), prompts=["a"], completions=["x"], examples=[None])
-    b = RolloutBatch(input_ids=torch.tensor([[8, 9, 10]]), attention_mask=torch.tensor([[1, 1, 1]]),
-                     response_mask=torch.tensor([[1.0, 1.0]]), prompt_len=1, sampler_logp=torch.tensor([[-1.0, -2.0]]),
-                     group_ids=torch.tensor([0]), prompts=["b"], completions=["yz"], examples=[None])
+    a = RolloutBatch(
+        input_ids=torch.tensor([[5, 6, 7]]),
+        attention_mask=torch.tensor([[1, 1, 1]]),
+        response_mask=torch.tensor([[1.0]]),
+        prompt_len=2,
+        sampler_logp=torch.tensor([[-0.5]]),
+        group_ids=torch.tensor([0]),
+        prompts=["a"],
+        completions=["x"],
+        examples=[None],
+    )
+    b = RolloutBatch(
+        input_ids=torch.tensor([[8, 9, 10]]),
+        attention_mask=torch.tensor([[1, 1, 1]]),
+        response_mask=torch.tensor([[1.0, 1.0]]),
+        prompt_len=1,
+        sampler_logp=torch.tensor([[-1.0, -2.0]]),
+        group_ids=torch.tensor([0]),
+        prompts=["b"],
+        completions=["yz"],
+        examples=[None],
+    )
     c = concat_batches([a, b], pad_id=0)
     # P = 2, T = 2: row a = [5, 6 | 7, pad], row b = [pad, 8 | 9, 10]
     assert c.prompt_len == 2
@@ -239,8 +304,12 @@ def test_gradient_checkpointing_gives_the_same_update(fast_cfg, tmp_path):
     """Recomputing activations in the backward pass changes memory, not the gradient."""
     outs = []
     for gc in (False, True):
-        cfg = _cfg(fast_cfg, model={"gradient_checkpointing": gc}, train={"steps": 1, "ppo_epochs": 1},
-                   run_dir=str(tmp_path / f"gc{gc}"))
+        cfg = _cfg(
+            fast_cfg,
+            model={"gradient_checkpointing": gc},
+            train={"steps": 1, "ppo_epochs": 1},
+            run_dir=str(tmp_path / f"gc{gc}"),
+        )
         outs.append(_params(run_training(cfg).model))
     for n in outs[0]:
         torch.testing.assert_close(outs[0][n], outs[1][n], rtol=1e-6, atol=1e-8, msg=n)
@@ -249,10 +318,17 @@ def test_gradient_checkpointing_gives_the_same_update(fast_cfg, tmp_path):
 def test_controllers_and_in_training_eval(fast_cfg, tmp_path):
     # clip_threshold: the entropy (~4.6 nats on a random model) is far above the target 1.0, so the
     # relative error is clipped to −1 and μ grows by e^{gain} = e^{0.1} each step: 2.5 → 2.763 → 3.054.
-    cfg = _cfg(fast_cfg, algorithm={"control": "clip_b", "controller": "clip_threshold",
-                                    "controller_params": {"target": 1.0, "mu_init": 2.5}},
-               train={"steps": 2, "ppo_epochs": 1}, eval={"every": 2, "n": 2, "max_prompts": 2},
-               run_dir=str(tmp_path / "ct"))
+    cfg = _cfg(
+        fast_cfg,
+        algorithm={
+            "control": "clip_b",
+            "controller": "clip_threshold",
+            "controller_params": {"target": 1.0, "mu_init": 2.5},
+        },
+        train={"steps": 2, "ppo_epochs": 1},
+        eval={"every": 2, "n": 2, "max_prompts": 2},
+        run_dir=str(tmp_path / "ct"),
+    )
     h = run_training(cfg).history
     assert h[0]["control/mu"] == 2.5
     assert abs(h[0]["controller/mu"] - 2.5 * math.exp(0.1)) < 1e-9
@@ -263,8 +339,16 @@ def test_controllers_and_in_training_eval(fast_cfg, tmp_path):
     rec = json.loads((tmp_path / "ct" / "eval" / "step_2" / "metrics.json").read_text())
     seed = derive_seed(0, "eval") % (2**31)
     assert rec["step"] == 2 and rec["pass@1"] == h[1]["eval/pass@1"]
-    assert rec["settings"] == {"task": "parity_test", "dataset": None, "n": 2, "temperature": 1.0, "top_p": 1.0,
-                               "max_new_tokens": 12, "max_prompts": 2, "seed": seed}
+    assert rec["settings"] == {
+        "task": "parity_test",
+        "dataset": None,
+        "n": 2,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "max_new_tokens": 12,
+        "max_prompts": 2,
+        "seed": seed,
+    }
     csv_lines = (tmp_path / "ct" / "eval" / "metrics.csv").read_text().splitlines()
     assert len(csv_lines) == 2 and csv_lines[1].startswith("2,")
     from rlentropy.evaluate.run import evaluate_run
@@ -274,9 +358,16 @@ def test_controllers_and_in_training_eval(fast_cfg, tmp_path):
     assert logs == ["step_2: already evaluated, skipped (use --force to recompute)"]
     # entropy_coef: entropy above target → coefficient moves down by delta, clamped at coef_min = 0;
     # with gate=False the bonus applies from step 1 and changes the loss.
-    cfg = _cfg(fast_cfg, algorithm={"entropy_bonus": 0.01, "controller": "entropy_coef",
-                                    "controller_params": {"target": 1.0, "delta": 0.004, "gate": False}},
-               train={"steps": 2, "ppo_epochs": 1}, run_dir=str(tmp_path / "ec"))
+    cfg = _cfg(
+        fast_cfg,
+        algorithm={
+            "entropy_bonus": 0.01,
+            "controller": "entropy_coef",
+            "controller_params": {"target": 1.0, "delta": 0.004, "gate": False},
+        },
+        train={"steps": 2, "ppo_epochs": 1},
+        run_dir=str(tmp_path / "ec"),
+    )
     h = run_training(cfg).history
     assert abs(h[0]["controller/entropy_coef"] - 0.006) < 1e-12 and abs(h[1]["controller/entropy_coef"] - 0.002) < 1e-12
     assert "loss/entropy_term" in h[0] and h[0]["loss/entropy_term"] > 4.0
@@ -297,9 +388,13 @@ def test_gns_gets_per_sequence_weights_for_the_exact_effective_sample_size(fast_
         return original(self, step, model=model, weight=weight)
 
     monkeypatch.setattr(DynamicsProbe, "on_micro_batch", spy)
-    cfg = _cfg(fast_cfg, algorithm={"control": "clip_b", "control_params": {"mu": 0.5}},
-               train={"steps": 1, "ppo_epochs": 1, "mini_batches": 2, "micro_batch_size": 4},
-               probes={"every": 1, "step_probe": False, "logit_check": False}, run_dir=str(tmp_path / "gns"))
+    cfg = _cfg(
+        fast_cfg,
+        algorithm={"control": "clip_b", "control_params": {"mu": 0.5}},
+        train={"steps": 1, "ppo_epochs": 1, "mini_batches": 2, "micro_batch_size": 4},
+        probes={"every": 1, "step_probe": False, "logit_check": False},
+        run_dir=str(tmp_path / "gns"),
+    )
     m = run_training(cfg).history[0]
     assert m["probe/gns_accumulations"] == 2.0 and m["probe/gns_micro_batches"] == 4.0
     arrays = np.load(tmp_path / "gns" / "dynamics" / "step_1.npz")
@@ -321,7 +416,8 @@ def test_gns_gets_per_sequence_weights_for_the_exact_effective_sample_size(fast_
 
 
 def test_control_metrics_count_removed_tokens_with_nonzero_advantage():
-    from rlentropy.train.controls import ControlState, apply_control
+    from rlentropy.algorithms.dispatch import configure_controls, logged_metrics, run_controls
+    from rlentropy.train.metrics import removal_metrics
 
     # Clip_V, mu 1, no cap: xD = s_bar − S = [[0, 0, 3], [0, 0, 3]], mean 1, population std
     # sqrt(18/6 − 1) = sqrt(2) ≈ 1.414; the two xD = 3 tokens fail. Row 0 has A = −1 (dropped as a
@@ -331,9 +427,12 @@ def test_control_metrics_count_removed_tokens_with_nonzero_advantage():
     s_bar = torch.tensor([[0.0, 0.0, 3.0], [0.0, 0.0, 3.0]])
     adv = torch.tensor([[-1.0, -1.0, -1.0], [0.0, 0.0, 0.0]])
     mask = torch.ones(2, 3)
-    state = ControlState(control="clip_v", params={"max_frac": 1.0}, mu=1.0, entropy_coef=0.0)
-    new, m = apply_control(state, s=s, s_bar=s_bar, entropy=s, advantages=adv, mask=mask)
-    assert new.tolist() == [[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]
-    assert m["control/frac_removed"] == pytest.approx(2 / 6) and m["control/frac_removed_active"] == pytest.approx(1 / 6)
-    none = ControlState(control="none", params={}, mu=None, entropy_coef=0.0)
-    assert apply_control(none, s=s, s_bar=s_bar, entropy=s, advantages=adv, mask=mask)[1]["control/frac_removed_active"] == 0.0
+    active = configure_controls("clip_v", {"mu": 1.0, "max_frac": 1.0})
+    out = run_controls(active, "old", {"s": s, "s_bar": s_bar, "advantages": adv, "mask": mask})
+    assert out.mask.tolist() == [[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]
+    m = {**logged_metrics(active, out.metrics), **removal_metrics(mask, out.mask, adv)}
+    assert float(m["control/frac_removed"]) == pytest.approx(2 / 6)
+    assert float(m["control/frac_removed_active"]) == pytest.approx(1 / 6)
+    none = run_controls(configure_controls("none"), "old", {"advantages": adv, "mask": mask})
+    assert torch.equal(none.mask, mask) and none.metrics == {}
+    assert float(removal_metrics(mask, none.mask, adv)["control/frac_removed_active"]) == 0.0

@@ -8,17 +8,23 @@ from pathlib import Path
 
 import pytest
 
+from rlentropy.algorithms.dispatch import control_names
 from rlentropy.errors import ConfigError
-from rlentropy.train.config import RunConfig, apply_overrides, dump_config, load_config, parse_override
+from rlentropy.runs.config import RunConfig, apply_overrides, dump_config, load_config, parse_override
 
 REPO = Path(__file__).resolve().parents[1]
+# Every registered control, in registration order (the config's allowed values come from the registry).
+CONTROL_LIST = ", ".join(control_names())
 
 
 def test_overrides_are_yaml_scalars(tmp_path):
     assert parse_override("train.steps=5") == (["train", "steps"], 5)
     assert parse_override("optim.lr=1e-5") == (["optim", "lr"], 1e-5)
     assert parse_override("model.path=null") == (["model", "path"], None)
-    assert parse_override("algorithm.loss_params={eps_high: 0.28}") == (["algorithm", "loss_params"], {"eps_high": 0.28})
+    assert parse_override("algorithm.loss_params={eps_high: 0.28}") == (
+        ["algorithm", "loss_params"],
+        {"eps_high": 0.28},
+    )
     assert parse_override("logging.wandb=true") == (["logging", "wandb"], True)
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("train:\n  steps: 3\nalgorithm:\n  control: clip_b\n")
@@ -34,13 +40,20 @@ def test_overrides_are_yaml_scalars(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("algorithm.contrl=clip_b", "algorithm.contrl: unknown key; allowed keys here: advantage, advantage_params, loss,"),
-        ("algorithm.control=clipb", "algorithm.control: 'clipb' is not allowed; allowed: none, clip_b, clip_v, high_entropy, quadrant"),
+        (
+            "algorithm.contrl=clip_b",
+            "algorithm.contrl: unknown key; allowed keys here: advantage, advantage_params, loss,",
+        ),
+        ("algorithm.control=clipb", f"algorithm.control: 'clipb' is not allowed; allowed: {CONTROL_LIST}"),
+        ("algorithm.control_params.muu=1", "algorithm.control_params: muu given, but no control is configured"),
         ("train.steps=abc", "train.steps: input should be a valid integer"),
         ("train.steps=0", "train.steps: input should be greater than or equal to 1"),
         ("optim.schedule=exp", "optim.schedule: 'exp' is not allowed; allowed: constant, linear, cosine"),
         ("bogus=1", "bogus: unknown key; allowed keys here: name, run_dir, model, data,"),
-        ("algorithm.controller=clip_threshold", "algorithm.controller: 'clip_threshold' needs algorithm.control clip_b or clip_v"),
+        (
+            "algorithm.controller=clip_threshold",
+            "algorithm.controller: 'clip_threshold' needs algorithm.control clip_b or clip_v",
+        ),
         ("train.steps.x=1", "train.steps: input should be a valid integer (got {'x': 1})"),
         ("probes.every=-1", "probes.every: input should be greater than or equal to 0"),
     ],
@@ -53,17 +66,33 @@ def test_errors_name_the_key(override, message):
     assert text.startswith(message), text
 
 
+def test_unknown_method_parameter_names_it_and_the_allowed_ones():
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, ["algorithm.control=clip_b", "algorithm.control_params.muu=1"])
+    assert (
+        str(exc.value)
+        == "algorithm.control_params: unknown parameter 'muu' of entropy control 'clip_b'; allowed: mu, sides"
+    )
+    with pytest.raises(
+        ConfigError,
+        match="algorithm.loss_params: unknown parameter 'eps' of policy loss 'ppo'; allowed: "
+        "eps_low, eps_high, clip_ratio_c",
+    ):
+        load_config(None, ["algorithm.loss_params.eps=0.1"])
+
+
 def test_cli_config_error_is_one_line_exit_2(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("algorithm:\n  control: clipb\n")
     proc = subprocess.run(
         [sys.executable, "-m", "rlentropy.cli", "train", str(cfg_file), "train.steps=2"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert proc.returncode == 2
-    assert proc.stderr == (
-        "error: algorithm.control: 'clipb' is not allowed; allowed: none, clip_b, clip_v, high_entropy, quadrant\n"
-    )
+    assert proc.stderr == (f"error: algorithm.control: 'clipb' is not allowed; allowed: {CONTROL_LIST}\n")
     assert not (tmp_path / "runs").exists()
 
 
@@ -72,7 +101,10 @@ def test_cli_missing_model_path_exit_2(tmp_path):
     cfg_file.write_text(f"model:\n  path: {tmp_path / 'missing-model'}\ntrain:\n  device: cpu\n")
     proc = subprocess.run(
         [sys.executable, "-m", "rlentropy.cli", "train", str(cfg_file), f"run_dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: model.path: ") and proc.stderr.count("\n") == 1

@@ -23,11 +23,24 @@ from rlentropy.train.run import run_training
 _TIMING = ("time/", "wall_time")
 
 
-def _cfg(fast_cfg, tmp_path, tag: str, *, fuse: bool, algorithm: dict | None = None, train: dict | None = None,
-         probes: dict | None = None, model: dict | None = None):
+def _cfg(
+    fast_cfg,
+    tmp_path,
+    tag: str,
+    *,
+    fuse: bool,
+    algorithm: dict | None = None,
+    train: dict | None = None,
+    probes: dict | None = None,
+    model: dict | None = None,
+):
     t = {"steps": 3, "mini_batches": 1, "ppo_epochs": 1, "fuse_old_stats": fuse, **(train or {})}
-    kw = {"data": {"task": "parity_test"}, "train": t, "algorithm": algorithm or {},
-          "run_dir": str(tmp_path / f"{tag}-{fuse}")}
+    kw = {
+        "data": {"task": "parity_test"},
+        "train": t,
+        "algorithm": algorithm or {},
+        "run_dir": str(tmp_path / f"{tag}-{fuse}"),
+    }
     if probes is not None:
         kw["probes"] = probes
     if model is not None:
@@ -72,22 +85,43 @@ def _assert_same(h_fused, w_fused, h_sep, w_sep):
             torch.testing.assert_close(wa[n], wb[n], rtol=1e-6, atol=1e-8, msg=f"step {step}: {n}")
 
 
-@pytest.mark.parametrize("case,separate_rows", [
-    # token-mean PPO with two micro-batches (gradient accumulation inside the one mini-batch)
-    ({"train": {"micro_batch_size": 8}}, []),
-    # Dr.GRPO aggregation, clip-higher, an entropy bonus (its term comes from the same forward)
-    ({"algorithm": {"aggregation": "seq-mean-token-sum-norm", "loss_params": {"eps_high": 0.28}, "entropy_bonus": 0.01}}, []),
-    # Clip-Cov with per-micro-batch selection (the selection reads the current log-probs only)
-    ({"algorithm": {"loss": "clip_cov", "cov_selection": "micro_batch",
-                    "loss_params": {"clip_cov_ratio": 0.2, "clip_cov_lb": -100.0, "clip_cov_ub": 100.0}}}, []),
-    # GSPO (sequence-level ratio; its own aggregation)
-    ({"algorithm": {"loss": "gspo"}}, []),
-    # two PPO epochs: the first epoch's forward gives the old statistics of every row for the second
-    ({"train": {"ppo_epochs": 2}}, []),
-    # two mini-batches (2 groups of 4 each): the second one's rows still need the separate forward,
-    # taken before any update (micro-batches of 4 rows: the same row blocks as the unfused forward)
-    ({"train": {"mini_batches": 2, "micro_batch_size": 4}}, [8, 8, 8]),
-], ids=["ppo-micro", "drgrpo-bonus", "clip_cov-micro", "gspo", "epochs", "mini_batches"])
+@pytest.mark.parametrize(
+    "case,separate_rows",
+    [
+        # token-mean PPO with two micro-batches (gradient accumulation inside the one mini-batch)
+        ({"train": {"micro_batch_size": 8}}, []),
+        # Dr.GRPO aggregation, clip-higher, an entropy bonus (its term comes from the same forward)
+        (
+            {
+                "algorithm": {
+                    "aggregation": "seq-mean-token-sum-norm",
+                    "loss_params": {"eps_high": 0.28},
+                    "entropy_bonus": 0.01,
+                }
+            },
+            [],
+        ),
+        # Clip-Cov with per-micro-batch selection (the selection reads the current log-probs only)
+        (
+            {
+                "algorithm": {
+                    "loss": "clip_cov",
+                    "cov_selection": "micro_batch",
+                    "loss_params": {"clip_cov_ratio": 0.2, "clip_cov_lb": -100.0, "clip_cov_ub": 100.0},
+                }
+            },
+            [],
+        ),
+        # GSPO (sequence-level ratio; its own aggregation)
+        ({"algorithm": {"loss": "gspo"}}, []),
+        # two PPO epochs: the first epoch's forward gives the old statistics of every row for the second
+        ({"train": {"ppo_epochs": 2}}, []),
+        # two mini-batches (2 groups of 4 each): the second one's rows still need the separate forward,
+        # taken before any update (micro-batches of 4 rows: the same row blocks as the unfused forward)
+        ({"train": {"mini_batches": 2, "micro_batch_size": 4}}, [8, 8, 8]),
+    ],
+    ids=["ppo-micro", "drgrpo-bonus", "clip_cov-micro", "gspo", "epochs", "mini_batches"],
+)
 def test_fused_path_equals_separate_forward(fast_cfg, tmp_path, monkeypatch, case, separate_rows):
     h_f, w_f, calls_f = _run(_cfg(fast_cfg, tmp_path, "c", fuse=True, **case), monkeypatch)
     h_s, w_s, calls_s = _run(_cfg(fast_cfg, tmp_path, "c", fuse=False, **case), monkeypatch)
@@ -105,38 +139,56 @@ def test_fused_path_equals_separate_forward(fast_cfg, tmp_path, monkeypatch, cas
     assert all(any(not torch.equal(a[n], b[n]) for n in a) for a, b in zip(w_f, w_f[1:]))
 
 
-@pytest.mark.parametrize("case", [
-    {"algorithm": {"control": "clip_b", "control_params": {"mu": 0.5}}},  # reads S before the loss
-    {"algorithm": {"loss": "kl_cov", "loss_params": {"kl_cov_ratio": 0.2}}},  # whole-batch selection
-    {"model": {"lora": {"enabled": True, "r": 4, "dropout": 0.1}}},  # train-mode forward is stochastic
-], ids=["clip_b", "kl_cov-batch", "dropout"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        {"algorithm": {"control": "clip_b", "control_params": {"mu": 0.5}}},  # reads S before the loss
+        {"algorithm": {"loss": "kl_cov", "loss_params": {"kl_cov_ratio": 0.2}}},  # whole-batch selection
+        {"model": {"lora": {"enabled": True, "r": 4, "dropout": 0.1}}},  # train-mode forward is stochastic
+    ],
+    ids=["clip_b", "kl_cov-batch", "dropout"],
+)
 def test_separate_forward_runs_when_something_needs_it(fast_cfg, tmp_path, monkeypatch, case):
-    _, _, calls = _run(_cfg(fast_cfg, tmp_path, "n", fuse=True, **{**case, "train": {"steps": 1, **case.get("train", {})}}),
-                       monkeypatch)
+    _, _, calls = _run(
+        _cfg(fast_cfg, tmp_path, "n", fuse=True, **{**case, "train": {"steps": 1, **case.get("train", {})}}),
+        monkeypatch,
+    )
     assert calls == [16]  # 4 prompts × 4 samples, one forward
 
 
 def test_probe_steps_run_the_separate_forward_and_others_do_not(fast_cfg, tmp_path, monkeypatch):
-    probes = {"every": 2, "probe_prompts": 2, "step_probe": False, "logit_check": False, "gns": False, "save_arrays": False}
+    probes = {
+        "every": 2,
+        "probe_prompts": 2,
+        "step_probe": False,
+        "logit_check": False,
+        "gns": False,
+        "save_arrays": False,
+    }
     h, _, calls = _run(_cfg(fast_cfg, tmp_path, "p", fuse=True, probes=probes), monkeypatch)
     assert calls == [16]  # step 2 only (probe active); steps 1 and 3 fused
     assert [any(k.startswith("probe/") for k in r) for r in h] == [False, True, False]
 
 
 def test_non_finite_loss_on_a_fused_step_still_logs_the_statistics(fast_cfg, tmp_path, monkeypatch):
-    """The first micro-batch's loss is NaN: the update is skipped, the remaining rows' statistics are
-    computed by the separate forward, and the step's entropy equals the unfused run's."""
-    real = trainer_mod.Trainer._loss
+    """Every micro-batch's loss is NaN: the update is skipped, but every micro-batch still ran its forward
+    (the non-finite gradients are discarded at the mini-batch's end), so the fused rows' statistics come
+    from those forwards and the step's entropy equals the unfused run's."""
+    from rlentropy.train.methods import MethodSet
 
-    def poisoned(self, logp, old_logp, adv, mask, *, step, tag, selected=None):
-        loss, m = real(self, logp, old_logp, adv, mask, step=step, tag=tag, selected=selected)
+    real = MethodSet.policy_loss
+
+    def poisoned(self, inputs):
+        loss, m = real(self, inputs)
         return loss * float("nan"), m
 
-    monkeypatch.setattr(trainer_mod.Trainer, "_loss", poisoned)
+    monkeypatch.setattr(MethodSet, "policy_loss", poisoned)
     out = {}
     for fuse in (True, False):
-        h, w, calls = _run(_cfg(fast_cfg, tmp_path, "nan", fuse=fuse, train={"steps": 1, "micro_batch_size": 4}), monkeypatch)
+        h, w, calls = _run(
+            _cfg(fast_cfg, tmp_path, "nan", fuse=fuse, train={"steps": 1, "micro_batch_size": 4}), monkeypatch
+        )
         out[fuse] = (h, w, calls)
-    assert out[True][2] == [12] and out[False][2] == [16]  # fused: only the 3 micro-batches never reached
+    assert out[True][2] == [] and out[False][2] == [16]  # fused: no separate forward at all
     assert out[True][0][0]["train/skipped_updates"] == 1.0
     _assert_same(out[True][0], out[True][1], out[False][0], out[False][1])

@@ -15,6 +15,9 @@ from typing import Any
 import torch
 
 from rlentropy.evaluate.metrics import sample_metrics
+from rlentropy.models.forward import policy_token_stats
+from rlentropy.rewards.extract import as_plain_number
+from rlentropy.rollout.hf import HFGenerator
 
 # How many sequences (prompts × n) one generate call handles when the caller gives no batch size.
 DEFAULT_SEQUENCES_PER_CHUNK = 64
@@ -29,8 +32,6 @@ def default_normalise(answer: str) -> Hashable:
     "$5") becomes its exact value, so "0.50" and ".5" vote together. Symbolic answers ("\\frac{1}{2}")
     are compared as text (a symbolic equivalence check per pair would be too slow for a vote).
     """
-    from rlentropy.rewards.extract import as_plain_number
-
     text = _WS.sub("", answer)
     if len(text) > 1 and text.startswith("$") and text.endswith("$"):
         text = text[1:-1]
@@ -38,7 +39,9 @@ def default_normalise(answer: str) -> Hashable:
     return ("num", num) if num is not None else ("text", text)
 
 
-def _answer_functions(task: Any) -> tuple[Callable[[str], str | None], Callable[[str], Hashable], Callable[[str, str | None, bool], bool]]:
+def _answer_functions(
+    task: Any,
+) -> tuple[Callable[[str], str | None], Callable[[str], Hashable], Callable[[str, str | None, bool], bool]]:
     """The task's answer extractor, normaliser and format check, with documented fallbacks.
 
     * extractor: ``task.extract_answer(completion)``, else ``task.scorer.extract(completion)`` (the
@@ -75,10 +78,16 @@ def _answer_functions(task: Any) -> tuple[Callable[[str], str | None], Callable[
     return _extract, _normalise, _format
 
 
-def _make_generator(model: Any, tokenizer: Any, task: Any, *, max_new_tokens: int, temperature: float,
-                    top_p: float, batch_size: int | None) -> Any:
-    from rlentropy.rollout.hf import HFGenerator
-
+def _make_generator(
+    model: Any,
+    tokenizer: Any,
+    task: Any,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    batch_size: int | None,
+) -> Any:
     kwargs: dict[str, Any] = dict(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -141,8 +150,6 @@ def evaluate_model(
         (prompt, completion, gold and extracted answer, reward, correct, length, per-sample mean
         entropy and surprisal).
     """
-    from rlentropy.models.forward import policy_token_stats
-
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if not temperature > 0:
@@ -164,8 +171,15 @@ def evaluate_model(
     prompts = [task.render_prompt(ex, tokenizer) for ex in examples]
 
     extract, normalise, format_ok = _answer_functions(task)
-    generator = _make_generator(model, tokenizer, task, max_new_tokens=max_new_tokens,
-                                temperature=temperature, top_p=top_p, batch_size=batch_size)
+    generator = _make_generator(
+        model,
+        tokenizer,
+        task,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        batch_size=batch_size,
+    )
     per_chunk = max(1, (batch_size or DEFAULT_SEQUENCES_PER_CHUNK) // n)
 
     answers: list[list[Hashable | None]] = [[] for _ in examples]
@@ -181,8 +195,15 @@ def evaluate_model(
     model.eval()
     from rich.console import Console
 
-    bar = Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   disable=not progress, transient=True, console=Console(stderr=True))
+    bar = Progress(
+        TextColumn("eval"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not progress,
+        transient=True,
+        console=Console(stderr=True),
+    )
     try:
         with bar, torch.no_grad():
             job = bar.add_task("eval", total=len(examples))
@@ -200,7 +221,9 @@ def evaluate_model(
                 seq_ent = (ent.sum(dim=1) / lengths.clamp(min=1)).tolist()  # [B]
                 seq_sur = (sur.sum(dim=1) / lengths.clamp(min=1)).tolist()  # [B]
                 rewards = [float(r) for r in task.score(batch.completions, batch.examples)]
-                truncated = [False] * len(batch) if batch.truncated is None else [bool(t) for t in batch.truncated.tolist()]
+                truncated = (
+                    [False] * len(batch) if batch.truncated is None else [bool(t) for t in batch.truncated.tolist()]
+                )
                 groups = batch.group_ids.tolist()
                 for b in range(len(batch)):
                     p = start + int(groups[b])
@@ -210,22 +233,24 @@ def evaluate_model(
                     is_correct = rewards[b] >= 1.0 - 1e-6
                     answers[p].append(key)
                     correct[p].append(1.0 if is_correct else 0.0)
-                    samples.append({
-                        "prompt_index": p,
-                        "example_id": examples[p].id,
-                        "sample_index": len(correct[p]) - 1,
-                        "prompt": prompts[p],
-                        "completion": completion,
-                        "gold": examples[p].answer,
-                        "answer": answer,
-                        "reward": rewards[b],
-                        "correct": is_correct,
-                        "format_valid": format_ok(completion, answer, truncated[b]),
-                        "truncated": truncated[b],
-                        "length": int(lengths[b]),
-                        "entropy": seq_ent[b],
-                        "surprisal": seq_sur[b],
-                    })
+                    samples.append(
+                        {
+                            "prompt_index": p,
+                            "example_id": examples[p].id,
+                            "sample_index": len(correct[p]) - 1,
+                            "prompt": prompts[p],
+                            "completion": completion,
+                            "gold": examples[p].answer,
+                            "answer": answer,
+                            "reward": rewards[b],
+                            "correct": is_correct,
+                            "format_valid": format_ok(completion, answer, truncated[b]),
+                            "truncated": truncated[b],
+                            "length": int(lengths[b]),
+                            "entropy": seq_ent[b],
+                            "surprisal": seq_sur[b],
+                        }
+                    )
                 bar.update(job, advance=len(ex_chunk))
     finally:
         if was_training:
@@ -251,4 +276,3 @@ def evaluate_model(
     metrics["max_new_tokens"] = float(max_new_tokens)
     metrics["seed"] = float(seed)
     return metrics, samples
-

@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Hashable, Sequence
 
+from rlentropy.algorithms import pass_at_k
+
 
 def ks_up_to(n: int) -> list[int]:
     """The k values reported for n samples: 1, 2, 4, … (powers of two ≤ n), plus n itself.
@@ -54,8 +56,6 @@ def pass_at_k_mean(correct_counts: Sequence[int], n: int, k: int) -> float:
     Returns:
         The mean of ``1 - C(n - c, k) / C(n, k)`` over prompts.
     """
-    from rlentropy.algorithms import pass_at_k
-
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, n={n}], got {k}")
     if len(correct_counts) == 0:
@@ -91,9 +91,7 @@ def majority_vote_score(answers: Sequence[Hashable | None], correct: Sequence[fl
     return sum(scores) / len(scores)
 
 
-def maj_at_k_mean(
-    answers: Sequence[Sequence[Hashable | None]], correct: Sequence[Sequence[float]], k: int
-) -> float:
+def maj_at_k_mean(answers: Sequence[Sequence[Hashable | None]], correct: Sequence[Sequence[float]], k: int) -> float:
     """Mean over prompts of maj@k (disjoint blocks of k in sampling order, see the module doc).
 
     Args:

@@ -29,7 +29,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rlentropy.data import DataConfig, build_task
 from rlentropy.errors import ConfigError, UserError
+from rlentropy.evaluate.core import evaluate_model
+from rlentropy.models.loading import load_policy
+from rlentropy.runs.checkpoints import list_checkpoints
+from rlentropy.runs.config import config_from_dict, read_yaml
 
 # Defaults of the Clip_B / Clip_V recipes (ALGORITHMS.md): T = 0.7, 32 samples on real data; fewer on
 # the synthetic tasks, whose prompts are many and short.
@@ -45,6 +50,25 @@ _ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 # ------------------------------------------------------------------------------------------ files
+def eval_settings(cfg: Any, task: Any, *, seed: int) -> dict[str, Any]:
+    """The settings record of an evaluation with the `eval:` section of `cfg` on the run's eval set.
+
+    The same keys as `rlentropy.evaluate.run.SETTING_KEYS` (what `rlentropy eval` compares to decide
+    whether a step is already evaluated with the settings it was asked for).
+    """
+    e = cfg.eval
+    return {
+        "task": getattr(task, "name", cfg.data.eval_task or cfg.data.task),
+        "dataset": None,
+        "n": int(e.n),
+        "temperature": float(e.temperature),
+        "top_p": float(e.top_p),
+        "max_new_tokens": int(e.max_new_tokens or cfg.rollout.max_new_tokens),
+        "max_prompts": e.max_prompts,
+        "seed": int(seed),
+    }
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -63,8 +87,16 @@ def eval_root(run_dir: Path | str, subdir: str | None = None) -> Path:
     return root if subdir is None else root / subdir
 
 
-def save_eval_result(run_dir: Path | str, step: int, metrics: dict[str, Any], samples: list[dict[str, Any]],
-                     *, settings: dict[str, Any], checkpoint: str | None = None, subdir: str | None = None) -> Path:
+def save_eval_result(
+    run_dir: Path | str,
+    step: int,
+    metrics: dict[str, Any],
+    samples: list[dict[str, Any]],
+    *,
+    settings: dict[str, Any],
+    checkpoint: str | None = None,
+    subdir: str | None = None,
+) -> Path:
     """Write ``eval/step_N/{samples.jsonl.gz, metrics.json}`` and refresh ``eval/metrics.csv``.
 
     The trainer's periodic eval may call this too, so that `rlentropy eval` and `rlentropy report`
@@ -90,8 +122,12 @@ def save_eval_result(run_dir: Path | str, step: int, metrics: dict[str, Any], sa
         for s in samples:
             fh.write(json.dumps({k: _json_safe(v) for k, v in s.items()}) + "\n")
     os.replace(tmp, out / "samples.jsonl.gz")
-    record = {"step": step, **{k: _json_safe(v) for k, v in metrics.items()},
-              "checkpoint": checkpoint, "settings": settings}
+    record = {
+        "step": step,
+        **{k: _json_safe(v) for k, v in metrics.items()},
+        "checkpoint": checkpoint,
+        "settings": settings,
+    }
     _atomic_write_text(out / "metrics.json", json.dumps(record, indent=1))
     write_metrics_csv(run_dir, subdir)
     return out
@@ -112,7 +148,7 @@ def _metric_order(key: str) -> tuple[int, float, str]:
     for rank, prefix in enumerate(("pass@", "avg@", "maj@")):
         if key.startswith(prefix):
             try:
-                return rank, float(key[len(prefix):]), key
+                return rank, float(key[len(prefix) :]), key
             except ValueError:
                 break
     return 3, 0.0, key
@@ -176,8 +212,6 @@ def resolve_target(target: Path | str) -> tuple[Path, list[tuple[int, Path | Non
     if m and p.parent.name == "checkpoints" and _is_run_dir(p.parent.parent):
         return p.parent.parent, [(int(m.group(1)), p)]
     if _is_run_dir(p):
-        from rlentropy.train.checkpoint import list_checkpoints
-
         ckpts = [(s, d) for s, d in list_checkpoints(p)]
         return p, ckpts
     if m:
@@ -227,8 +261,6 @@ def build_eval_task(cfg: Any, dataset: str | None) -> Any:
     A dataset file (jsonl / parquet) is read with the "file" task, every row an eval prompt; a task
     name keeps the run's template and seed.
     """
-    from rlentropy.data import DataConfig, build_task
-
     data = cfg.data
     if dataset is None:
         return build_task(data, for_eval=True)
@@ -237,8 +269,14 @@ def build_eval_task(cfg: Any, dataset: str | None) -> Any:
         # trained on a file keeps its field names / answer format
         params = dict(data.params) if data.task == "file" else {}
         params["eval_path"] = str(dataset)
-        dc = DataConfig(task="file", path=str(dataset), template=data.template, seed=data.seed,
-                        skip_bad_rows=data.skip_bad_rows, params=params)
+        dc = DataConfig(
+            task="file",
+            path=str(dataset),
+            template=data.template,
+            seed=data.seed,
+            skip_bad_rows=data.skip_bad_rows,
+            params=params,
+        )
         return build_task(dc, for_eval=True)
     return build_task(DataConfig(task=dataset, template=data.template, seed=data.seed))
 
@@ -280,10 +318,6 @@ def evaluate_run(
     Raises:
         UserError: bad target, missing checkpoint files, bad settings.
     """
-    from rlentropy.evaluate.core import evaluate_model
-    from rlentropy.models.loading import load_policy
-    from rlentropy.train.config import config_from_dict, read_yaml
-
     run_dir, ckpts = resolve_target(target)
     is_run = Path(target).resolve() == run_dir.resolve()
     cfg = config_from_dict(read_yaml(run_dir / "config.yaml"))
@@ -305,15 +339,19 @@ def evaluate_run(
         "n": int(n if n is not None else (DEFAULT_N_SYNTHETIC if synthetic else DEFAULT_N_REAL)),
         "temperature": float(temperature if temperature is not None else DEFAULT_TEMPERATURE),
         "top_p": float(top_p if top_p is not None else DEFAULT_TOP_P),
-        "max_new_tokens": int(max_new_tokens if max_new_tokens is not None
-                              else (cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens)),
+        "max_new_tokens": int(
+            max_new_tokens if max_new_tokens is not None else (cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens)
+        ),
         "max_prompts": max_prompts if max_prompts is not None else cfg.eval.max_prompts,
         "seed": int(seed),
     }
-    for key, ok, need in (("n", settings["n"] >= 1, ">= 1"), ("temperature", settings["temperature"] > 0, "> 0"),
-                          ("top_p", 0 < settings["top_p"] <= 1, "in (0, 1]"),
-                          ("max_new_tokens", settings["max_new_tokens"] >= 1, ">= 1"),
-                          ("max_prompts", settings["max_prompts"] is None or settings["max_prompts"] >= 1, ">= 1")):
+    for key, ok, need in (
+        ("n", settings["n"] >= 1, ">= 1"),
+        ("temperature", settings["temperature"] > 0, "> 0"),
+        ("top_p", 0 < settings["top_p"] <= 1, "in (0, 1]"),
+        ("max_new_tokens", settings["max_new_tokens"] >= 1, ">= 1"),
+        ("max_prompts", settings["max_prompts"] is None or settings["max_prompts"] >= 1, ">= 1"),
+    ):
         if not ok:
             raise UserError(f"--{key.replace('_', '-')}: must be {need}, got {settings[key]!r}")
     device = _resolve_device(cfg.train.device)
@@ -331,17 +369,34 @@ def evaluate_run(
         model = loaded.model.to(device)
         model.eval()
         metrics, samples = evaluate_model(
-            model, loaded.tokenizer, task, n=settings["n"], temperature=settings["temperature"],
-            top_p=settings["top_p"], max_new_tokens=settings["max_new_tokens"],
-            max_prompts=settings["max_prompts"], seed=settings["seed"], batch_size=bsz, progress=progress,
+            model,
+            loaded.tokenizer,
+            task,
+            n=settings["n"],
+            temperature=settings["temperature"],
+            top_p=settings["top_p"],
+            max_new_tokens=settings["max_new_tokens"],
+            max_prompts=settings["max_prompts"],
+            seed=settings["seed"],
+            batch_size=bsz,
+            progress=progress,
         )
-        save_eval_result(run_dir, step, metrics, samples, settings=settings, subdir=subdir,
-                         checkpoint=str(ck) if ck is not None else f"base:{cfg.model.path or 'tiny'}")
+        save_eval_result(
+            run_dir,
+            step,
+            metrics,
+            samples,
+            settings=settings,
+            subdir=subdir,
+            checkpoint=str(ck) if ck is not None else f"base:{cfg.model.path or 'tiny'}",
+        )
         del model, loaded
         n_ = settings["n"]
-        log(f"step_{step}: pass@1={metrics['pass@1']:.4f} pass@{n_}={metrics[f'pass@{n_}']:.4f} "
+        log(
+            f"step_{step}: pass@1={metrics['pass@1']:.4f} pass@{n_}={metrics[f'pass@{n_}']:.4f} "
             f"maj@{n_}={metrics[f'maj@{n_}']:.4f} entropy={metrics['entropy']:.4f} "
-            f"len={metrics['response_len']:.1f} ({time.perf_counter() - t0:.1f} s)")
+            f"len={metrics['response_len']:.1f} ({time.perf_counter() - t0:.1f} s)"
+        )
     write_metrics_csv(run_dir, subdir)
     return eval_root(run_dir, subdir)
 
@@ -365,9 +420,19 @@ def eval_command(
 
     hf_logging.disable_progress_bar()  # one line per checkpoint is ours; no weight-loading bars
     out = evaluate_run(
-        target, dataset=dataset, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-        max_prompts=max_prompts, seed=seed, batch_size=batch_size, force=force, include_base=include_base,
-        progress=not quiet, log=(lambda _msg: None) if quiet else print,
+        target,
+        dataset=dataset,
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        max_prompts=max_prompts,
+        seed=seed,
+        batch_size=batch_size,
+        force=force,
+        include_base=include_base,
+        progress=not quiet,
+        log=(lambda _msg: None) if quiet else print,
     )
     if not quiet:
         print(f"results in {out} (metrics.csv)")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from rlentropy.rollout.base import RolloutBatch
-from rlentropy.tokenstats import TokenStats, token_stats_from_hidden
+from rlentropy.tokenstats import STAT_FIELDS, TokenStats, token_stats_from_hidden
 
 DEFAULT_WORKSPACE_BYTES = 256 * 2**20
 
@@ -78,15 +78,102 @@ def response_hidden(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor
     Returns:
         [B, T, D] where row t predicts `input_ids[:, P + t]` (hidden position P + t − 1).
     """
+    return response_hidden_of(model, batch.input_ids, batch.attention_mask, batch.prompt_len)
+
+
+def response_hidden_of(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int
+) -> torch.Tensor:
+    """`response_hidden` on plain tensors: ids [B, L], attention mask [B, L], prompt length P.
+
+    Returns:
+        [B, L − P, D] hidden states predicting the response tokens.
+    """
     body, _ = body_and_head(model)
-    ids = batch.input_ids  # [B, L]
-    att = batch.attention_mask  # [B, L]
-    if batch.prompt_len < 1:
+    if prompt_len < 1:
         raise ValueError("batch.prompt_len: must be >= 1 (the first response token needs a predicting position)")
-    out = body(input_ids=ids[:, :-1], attention_mask=att[:, :-1], position_ids=position_ids_from_mask(att)[:, :-1],
-               use_cache=False)
+    out = body(
+        input_ids=input_ids[:, :-1],
+        attention_mask=attention_mask[:, :-1],
+        position_ids=position_ids_from_mask(attention_mask)[:, :-1],
+        use_cache=False,
+    )
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # [B, L-1, D]
-    return hidden[:, batch.prompt_len - 1 :]  # [B, T, D]
+    return hidden[:, prompt_len - 1 :]  # [B, T, D]
+
+
+def token_stats_of(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_len: int,
+    mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+    check_finite: bool | None = None,
+) -> TokenStats:
+    """Token statistics of the response tokens `input_ids[:, prompt_len:]` at the positions of `mask`.
+
+    The graph is kept when autograd is enabled (log p and H differentiable; s, s_bar, sum_p2 detached).
+
+    Args:
+        model: a causal LM (HF `PreTrainedModel`, possibly wrapped by peft).
+        input_ids, attention_mask: [B, L] prompt (left-padded) + response (right-padded).
+        prompt_len: P.
+        mask: [B, L − P] positions to compute; the rest read 0.
+        temperature, workspace_bytes, check_finite: see `policy_token_stats`.
+
+    Returns:
+        `TokenStats`, every field [B, L − P] float32.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature: must be > 0, got {temperature}")
+    hidden = response_hidden_of(model, input_ids, attention_mask, prompt_len)  # [B, T, D]
+    _, head = body_and_head(model)
+    tokens = input_ids[:, prompt_len:]  # [B, T]
+    return token_stats_from_hidden(
+        hidden,
+        head.weight,
+        tokens,
+        temperature=temperature,
+        mask=mask,
+        bias=getattr(head, "bias", None),
+        workspace_bytes=workspace_bytes,
+        check_finite=check_finite,
+    )
+
+
+class PolicyForward(torch.nn.Module):
+    """The training forward of a policy as one module call: body + statistics of the response tokens.
+
+    DDP and FSDP synchronise gradients only for work done inside the forward of the module they wrap,
+    so the trainer wraps the policy in this module (and `accelerate.prepare`s it) and calls it for every
+    loss forward. Generation, the no-grad statistics and the probes use `self.policy` directly.
+
+    Args:
+        policy: the causal LM (possibly peft-wrapped).
+    """
+
+    def __init__(self, policy: torch.nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        prompt_len: int,
+        temperature: float = 1.0,
+        check_finite: bool | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """Returns the `TokenStats` fields (logp, entropy, s, s_bar, sum_p2), each [B, T]."""
+        st = token_stats_of(
+            self.policy, input_ids, attention_mask, prompt_len, mask, temperature=temperature, check_finite=check_finite
+        )
+        return st.logp, st.entropy, st.s, st.s_bar, st.sum_p2
 
 
 def policy_token_stats(
@@ -114,17 +201,18 @@ def policy_token_stats(
     Returns:
         `TokenStats`, every field [B, T] float32, zero outside `mask`.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature: must be > 0, got {temperature}")
     resp_mask = batch.response_mask if mask is None else mask  # [B, T]
     ctx: Any = torch.enable_grad() if with_grad else torch.no_grad()
     with ctx:
-        hidden = response_hidden(model, batch)  # [B, T, D]
-        _, head = body_and_head(model)
-        tokens = batch.response_ids  # [B, T]
-        return token_stats_from_hidden(
-            hidden, head.weight, tokens, temperature=temperature, mask=resp_mask,
-            bias=getattr(head, "bias", None), workspace_bytes=workspace_bytes, check_finite=check_finite,
+        return token_stats_of(
+            model,
+            batch.input_ids,
+            batch.attention_mask,
+            batch.prompt_len,
+            resp_mask,
+            temperature=temperature,
+            workspace_bytes=workspace_bytes,
+            check_finite=check_finite,
         )
 
 
@@ -148,5 +236,4 @@ def policy_token_stats_chunked(
     for start in range(0, n, rows_per_chunk):
         sub = batch.select(list(range(start, min(n, start + rows_per_chunk))))
         parts.append(policy_token_stats(model, sub, temperature=temperature, workspace_bytes=workspace_bytes))
-    names = ("logp", "entropy", "s", "s_bar", "sum_p2")
-    return TokenStats(**{k: torch.cat([getattr(p, k) for p in parts], dim=0) for k in names})  # each [B, T]
+    return TokenStats(**{k: torch.cat([getattr(p, k) for p in parts], dim=0) for k in STAT_FIELDS})  # each [B, T]

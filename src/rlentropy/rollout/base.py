@@ -46,7 +46,7 @@ class RolloutBatch:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
-    def select(self, idx: torch.Tensor | list[int]) -> "RolloutBatch":
+    def select(self, idx: torch.Tensor | list[int]) -> RolloutBatch:
         """Rows `idx` (a mini-batch), keeping the layout."""
         index = torch.as_tensor(idx, dtype=torch.long)
         pick = index.tolist()
@@ -62,3 +62,53 @@ class RolloutBatch:
             examples=[self.examples[i] for i in pick] if self.examples else [],
             truncated=None if self.truncated is None else self.truncated[index],
         )
+
+
+def concat_batches(parts: list[RolloutBatch], *, pad_id: int) -> RolloutBatch:
+    """Stack rollout batches: prompts re-left-padded to the longest P, responses right-padded to the
+    longest T, group ids renumbered consecutively."""
+    P = max(b.prompt_len for b in parts)
+    T = max(b.response_mask.shape[1] for b in parts)
+    ids, att, rmask, slp, gids, trunc = [], [], [], [], [], []
+    offset = 0
+    for b in parts:
+        n, p, t = len(b), b.prompt_len, b.response_mask.shape[1]
+        lp, rp = P - p, T - t
+        ids.append(
+            torch.cat(
+                [
+                    torch.full((n, lp), pad_id, dtype=b.input_ids.dtype),
+                    b.input_ids[:, :p],
+                    b.input_ids[:, p:],
+                    torch.full((n, rp), pad_id, dtype=b.input_ids.dtype),
+                ],
+                1,
+            )
+        )  # [n, P+T]
+        att.append(
+            torch.cat(
+                [
+                    torch.zeros(n, lp, dtype=b.attention_mask.dtype),
+                    b.attention_mask,
+                    torch.zeros(n, rp, dtype=b.attention_mask.dtype),
+                ],
+                1,
+            )
+        )  # [n, P+T]
+        rmask.append(torch.nn.functional.pad(b.response_mask, (0, rp)))  # [n, T]
+        slp.append(torch.nn.functional.pad(b.sampler_logp, (0, rp)))  # [n, T]
+        gids.append(b.group_ids - b.group_ids.min() + offset)  # [n]
+        offset = int(gids[-1].max()) + 1
+        trunc.append(b.truncated if b.truncated is not None else torch.zeros(n, dtype=torch.bool))
+    return RolloutBatch(
+        input_ids=torch.cat(ids),
+        attention_mask=torch.cat(att),
+        response_mask=torch.cat(rmask),
+        prompt_len=P,
+        sampler_logp=torch.cat(slp),
+        group_ids=torch.cat(gids),
+        prompts=[x for b in parts for x in b.prompts],
+        completions=[x for b in parts for x in b.completions],
+        examples=[x for b in parts for x in b.examples],
+        truncated=torch.cat(trunc),
+    )

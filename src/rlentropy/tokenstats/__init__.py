@@ -7,6 +7,7 @@ See docs/tokenstats.md.
 
 from rlentropy.tokenstats.core import (
     DEFAULT_WORKSPACE_BYTES,
+    STAT_FIELDS,
     TokenStats,
     token_stats,
     token_stats_from_hidden,
@@ -15,6 +16,7 @@ from rlentropy.tokenstats.reference import token_stats_reference
 
 __all__ = [
     "DEFAULT_WORKSPACE_BYTES",
+    "STAT_FIELDS",
     "TokenStats",
     "token_stats",
     "token_stats_from_hidden",

@@ -14,7 +14,7 @@ detached statistics.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable
 
 import torch
@@ -64,6 +64,10 @@ class TokenStats:
             s_bar=self.s_bar,
             sum_p2=self.sum_p2,
         )
+
+
+STAT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TokenStats))
+"""The names of the `TokenStats` fields, in order."""
 
 
 # --------------------------------------------------------------------------------------------

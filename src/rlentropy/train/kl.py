@@ -14,7 +14,9 @@ import torch
 KL_ESTIMATORS = ("k1", "k3")
 
 
-def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, *, estimator: str = "k3") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def kl_estimate(
+    logp: torch.Tensor, ref_logp: torch.Tensor, *, estimator: str = "k3"
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-token KL estimate of π (giving `logp`) from π_ref (giving `ref_logp`) at the sampled tokens.
 
     Args:

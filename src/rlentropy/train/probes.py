@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from rlentropy.dynamics import (
     adam_metric,
@@ -44,61 +44,11 @@ from rlentropy.dynamics import (
     token_pressure,
 )
 from rlentropy.errors import ConfigError
+from rlentropy.models.forward import body_and_head, policy_token_stats
+from rlentropy.models.forward import response_hidden as _forward_hidden
+from rlentropy.runs.config import RECOMMENDED_EVERY, ProbesConfig
 
 __all__ = ["ProbesConfig", "DynamicsProbe", "RECOMMENDED_EVERY", "response_hidden"]
-
-RECOMMENDED_EVERY = 10
-"""The probing frequency we recommend (and benchmark) when probes are switched on."""
-
-
-class ProbesConfig(BaseModel):
-    """`probes:` section of a training config.
-
-    Attributes:
-        every: probe every N-th step (steps with step % every == 0); 0 switches every probe off.
-            10 is the recommended frequency (the one benchmarked in benchmarks/RESULTS.md).
-        pressure: per-token first-order pressure ΔH_tok = lr·w·A·(s_bar − S) and its quadrants
-            (nearly free: elementwise on the old-policy statistics).
-        covariance: Cov(log p, A) over the batch and the per-token covariance quantiles (nearly free).
-        step_probe: predicted ΔH = ∇H·Δθ on the probe batch with the real update Δθ, and the
-            measured ΔH on the same fixed sequences after the step.
-        logit_check: on the probe positions, −Σ S δz from the real logit change vs the measured
-            per-position ΔH (needs `step_probe`'s forward passes; adds two hidden-state forwards).
-        probe_batch: "independent" (a fresh held-out rollout batch from `sample_probe_batch`, so the
-            prediction is not biased by the update being computed on the same samples) or "train".
-        probe_prompts: prompts in the independent probe batch (the trainer's `sample_probe_batch`
-            draws this many prompts, each with the run's samples per prompt).
-        probe_max_sequences: cap on the probe batch's rows (the first rows are kept).
-        probe_micro_batch: rows per forward/backward on the probe batch (bounds memory).
-        logit_chunk: positions per chunk in the logit-space check (bounds memory to [chunk, V]).
-        fisher_every: compute the sequence Fisher kernel on probed steps with step % fisher_every == 0
-            (0 = off). Stores fisher_sequences × (trainable parameters) floats: meant for LoRA or
-            small models.
-        fisher_sequences: sequences (first rows of the training batch) in the Fisher kernel.
-        fisher_metric: "identity" (K = g·g') or "adam" (K = g·P·g', P = 1/(√v̂ + ε) of this step,
-            applied once). "adam" needs an Adam-family optimizer.
-        gns: gradient noise scale B_simple from the micro-batch gradients of the step (needs >= 2
-            micro-batches; keeps one extra copy of the gradients).
-        save_arrays: write `dynamics/step_N.npz` with the per-token and per-position arrays.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    every: int = Field(0, ge=0)
-    pressure: bool = True
-    covariance: bool = True
-    step_probe: bool = True
-    logit_check: bool = True
-    probe_batch: Literal["independent", "train"] = "independent"
-    probe_prompts: int = Field(4, ge=1)
-    probe_max_sequences: int = Field(64, ge=1)
-    probe_micro_batch: int = Field(16, ge=1)
-    logit_chunk: int = Field(128, ge=1)
-    fisher_every: int = Field(0, ge=0)
-    fisher_sequences: int = Field(16, ge=2)
-    fisher_metric: Literal["identity", "adam"] = "identity"
-    gns: bool = True
-    save_arrays: bool = True
 
 
 StatsFn = Callable[..., Any]
@@ -209,33 +159,9 @@ class DynamicsProbe:
             st.arrays["loss_mask"] = _np(mask)
             st.arrays["advantages"] = _np(advantages)
             st.arrays["token_weights"] = _np(token_weights)
-        if cfg.pressure:
-            s, s_bar = old_stats.s.detach().float(), old_stats.s_bar.detach().float()  # [B, T]
-            dh_tok, pm = token_pressure(
-                s, s_bar, advantages.detach().float(), mask, token_weights=token_weights.detach().float(), lr=float(lr)
-            )  # [B, T]
-            ids, qm = quadrant_decomposition(dh_tok, s, s_bar, advantages.detach().float(), mask)  # [B, T]
-            _put(st.metrics, "probe/pressure_", pm)
-            _put(st.metrics, "probe/quad_", qm)
-            st.arrays.update(S=_np(s), s_bar=_np(s_bar), dH_tok=_np(dh_tok), quadrant=ids.cpu().numpy().astype(np.int8))
-        if cfg.covariance:
-            cov_tok, cm = logp_advantage_covariance(old_stats.logp.detach().float(), advantages.detach().float(), mask)
-            _put(st.metrics, "probe/", cm)
-            st.arrays["cov_tok"] = _np(cov_tok)
-            st.metrics["probe/entropy_old"] = float(
-                ((old_stats.entropy.detach().float() * mask).sum() / mask.sum().clamp_min(1.0)).item()
-            )
+        self._batch_statistics(st, old_stats, advantages.detach().float(), mask, token_weights.detach().float(), lr)
         if cfg.step_probe or cfg.logit_check:
-            st.probe_batch = self._probe_batch(batch, sample_probe_batch)
-            with _eval_mode(model):
-                if cfg.step_probe:
-                    st.h_before, st.h_grads = self._entropy_and_grad(model, st.probe_batch, st.params, temperature)
-                    st.before = [p.detach().clone() for p in st.params]
-                if cfg.logit_check:
-                    st.hidden_before = response_hidden(model, st.probe_batch, self.cfg.probe_micro_batch)  # [N, d]
-                    w = _lm_head_weight(model)
-                    st.lm_weight_before = w.detach().clone() if w.requires_grad else w.detach()
-            st.metrics["probe/probe_sequences"] = float(len(st.probe_batch))
+            self._snapshot(st, model, batch, sample_probe_batch, temperature)
         if cfg.fisher_every > 0 and step % cfg.fisher_every == 0:
             self._fisher_grads(st, model, batch, advantages, temperature)
         if cfg.gns:
@@ -248,6 +174,45 @@ class DynamicsProbe:
         out = dict(st.metrics)
         st.metrics.clear()
         return out
+
+    def _batch_statistics(
+        self, st: _StepState, old_stats: Any, adv: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, lr: float
+    ) -> None:
+        """Per-token pressure, quadrants and Cov(log p, A) of the training batch (nearly free)."""
+        if self.cfg.pressure:
+            s, s_bar = old_stats.s.detach().float(), old_stats.s_bar.detach().float()  # [B, T]
+            dh_tok, pm = token_pressure(s, s_bar, adv, mask, token_weights=weights, lr=float(lr))  # [B, T]
+            ids, qm = quadrant_decomposition(dh_tok, s, s_bar, adv, mask)  # [B, T]
+            _put(st.metrics, "probe/pressure_", pm)
+            _put(st.metrics, "probe/quad_", qm)
+            st.arrays.update(S=_np(s), s_bar=_np(s_bar), dH_tok=_np(dh_tok), quadrant=ids.cpu().numpy().astype(np.int8))
+        if self.cfg.covariance:
+            cov_tok, cm = logp_advantage_covariance(old_stats.logp.detach().float(), adv, mask)
+            _put(st.metrics, "probe/", cm)
+            st.arrays["cov_tok"] = _np(cov_tok)
+            st.metrics["probe/entropy_old"] = float(
+                ((old_stats.entropy.detach().float() * mask).sum() / mask.sum().clamp_min(1.0)).item()
+            )
+
+    def _snapshot(
+        self,
+        st: _StepState,
+        model: torch.nn.Module,
+        batch: Any,
+        sample_probe_batch: Callable[[], Any] | None,
+        temperature: float,
+    ) -> None:
+        """θ_before on the probe batch: H and ∇H (step probe), hidden states and the head (logit check)."""
+        st.probe_batch = self._probe_batch(batch, sample_probe_batch)
+        with _eval_mode(model):
+            if self.cfg.step_probe:
+                st.h_before, st.h_grads = self._entropy_and_grad(model, st.probe_batch, st.params, temperature)
+                st.before = [p.detach().clone() for p in st.params]
+            if self.cfg.logit_check:
+                st.hidden_before = response_hidden(model, st.probe_batch, self.cfg.probe_micro_batch)  # [N, d]
+                w = _lm_head_weight(model)
+                st.lm_weight_before = w.detach().clone() if w.requires_grad else w.detach()
+        st.metrics["probe/probe_sequences"] = float(len(st.probe_batch))
 
     def on_micro_batch(self, step: int, *, model: torch.nn.Module, weight: float | torch.Tensor) -> None:
         """Record one micro-batch's gradient increment (the `.grad` running sum minus the last one).
@@ -337,10 +302,15 @@ class DynamicsProbe:
         if trs:
             tr, gsq, ess = sum(trs) / len(trs), sum(gsqs) / len(gsqs), sum(esss) / len(esss)
             b = tr / gsq if gsq != 0 else math.nan
-            out.update({
-                "probe/gns_trace_sigma": tr, "probe/gns_grad_sq": gsq, "probe/gns_b_simple": b,
-                "probe/gns_ess": ess, "probe/gns_b_simple_over_ess": b / ess if ess > 0 else math.nan,
-            })
+            out.update(
+                {
+                    "probe/gns_trace_sigma": tr,
+                    "probe/gns_grad_sq": gsq,
+                    "probe/gns_b_simple": b,
+                    "probe/gns_ess": ess,
+                    "probe/gns_b_simple_over_ess": b / ess if ess > 0 else math.nan,
+                }
+            )
         return out
 
     def after_update(self, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, float]:
@@ -370,8 +340,12 @@ class DynamicsProbe:
                 hidden_after = response_hidden(model, st.probe_batch, cfg.probe_micro_batch)  # [N, d]
                 w_after = _lm_head_weight(model).detach()
             pm, lm = logit_space_check(
-                st.hidden_before, st.lm_weight_before, hidden_after, w_after,
-                temperature=self._temperature, chunk=cfg.logit_chunk,
+                st.hidden_before,
+                st.lm_weight_before,
+                hidden_after,
+                w_after,
+                temperature=self._temperature,
+                chunk=cfg.logit_chunk,
             )  # [2, N]
             _put(out, "probe/logit_", lm)
             st.arrays["logit_pred_dH"] = pm[0].cpu().numpy()
@@ -388,8 +362,10 @@ class DynamicsProbe:
             _put(out, "probe/fisher_", sm)
             infl, _ = kernel_influence(kern, st.fisher_adv)  # [n]
             st.arrays.update(
-                fisher_kernel=kern.cpu().numpy(), fisher_eigvals=eig.cpu().numpy(),
-                fisher_influence=infl.cpu().numpy(), fisher_adv=_np(st.fisher_adv),
+                fisher_kernel=kern.cpu().numpy(),
+                fisher_eigvals=eig.cpu().numpy(),
+                fisher_influence=infl.cpu().numpy(),
+                fisher_adv=_np(st.fisher_adv),
                 fisher_group_ids=st.fisher_groups.cpu().numpy(),
             )
         if cfg.step_probe and "probe/step_pred_dH" in out:
@@ -403,8 +379,6 @@ class DynamicsProbe:
 
     def _stats(self) -> StatsFn:
         if self._stats_fn is None:
-            from rlentropy.models.forward import policy_token_stats
-
             self._stats_fn = policy_token_stats
         return self._stats_fn
 
@@ -450,7 +424,9 @@ class DynamicsProbe:
             total += float((stats.entropy.detach().double() * mb.response_mask.double()).sum().item())
         return total / max(n_tok, 1.0)
 
-    def _fisher_grads(self, st: _StepState, model: torch.nn.Module, batch: Any, advantages: torch.Tensor, temperature: float) -> None:
+    def _fisher_grads(
+        self, st: _StepState, model: torch.nn.Module, batch: Any, advantages: torch.Tensor, temperature: float
+    ) -> None:
         """Per-sequence ∇_θ log π(sequence) for the first `fisher_sequences` rows of the batch."""
         n = min(self.cfg.fisher_sequences, len(batch))
         rows = list(range(n))
@@ -465,10 +441,18 @@ class DynamicsProbe:
                 seq_logp = (stats.logp * mb.response_mask.to(stats.logp.dtype)).sum(1)  # [b]
                 for i in range(len(chunk)):
                     g = torch.autograd.grad(seq_logp[i], st.params, retain_graph=i + 1 < len(chunk), allow_unused=True)
-                    vecs.append(torch.cat([
-                        (torch.zeros(p.numel(), device=p.device) if gi is None else gi.detach().reshape(-1).float())
-                        for p, gi in zip(st.params, g)
-                    ]).cpu())
+                    vecs.append(
+                        torch.cat(
+                            [
+                                (
+                                    torch.zeros(p.numel(), device=p.device)
+                                    if gi is None
+                                    else gi.detach().reshape(-1).float()
+                                )
+                                for p, gi in zip(st.params, g)
+                            ]
+                        ).cpu()
+                    )
         st.fisher_grads = torch.stack(vecs)  # [n, D]
         st.fisher_groups = sub.group_ids.detach().cpu()  # [n]
         st.fisher_adv = adv.cpu()  # [n]
@@ -483,8 +467,6 @@ class DynamicsProbe:
 
 # ---------------------------------------------------------------------- model access
 def _lm_head_weight(model: torch.nn.Module) -> torch.Tensor:
-    from rlentropy.models.forward import body_and_head
-
     _, head = body_and_head(model)
     if getattr(head, "bias", None) is not None:
         raise ConfigError("probes.logit_check needs a bias-free LM head; set probes.logit_check=false")
@@ -504,8 +486,6 @@ def response_hidden(model: torch.nn.Module, batch: Any, micro_batch: int = 16) -
     Returns:
         [N, d] hidden states, N = Σ response_mask, rows in (b, t) order.
     """
-    from rlentropy.models.forward import response_hidden as _forward_hidden
-
     out = []
     with torch.no_grad():
         for rows in _chunks(len(batch), micro_batch):

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rlentropy.errors import ConfigError
-from rlentropy.train.config import RunConfig, apply_overrides, config_from_dict, load_config, read_yaml
+from rlentropy.runs.config import RunConfig, apply_overrides, config_from_dict, load_config, read_yaml
 from rlentropy.train.trainer import StepHook, Trainer
 
 
@@ -20,7 +20,9 @@ def resume_config(run_dir: str | Path, overrides: list[str]) -> RunConfig:
     return config_from_dict(data)
 
 
-def run_training(cfg: RunConfig, *, resume: bool = False, quiet: bool = True, step_hook: StepHook | None = None) -> Trainer:
+def run_training(
+    cfg: RunConfig, *, resume: bool = False, quiet: bool = True, step_hook: StepHook | None = None
+) -> Trainer:
     """Set up, train and clean up; returns the trainer (its `history` holds every step's metrics)."""
     trainer = Trainer(cfg, resume=resume, quiet=quiet, step_hook=step_hook)
     try:
@@ -51,7 +53,7 @@ def train_command(config: Path | None, overrides: list[str], resume: Path | None
 
         last = trainer.history[-1] if trainer.history else {}
         Console().print(
-            f"[bold]done[/]: {trainer.step} steps in {trainer.run_dir} — reward {last.get('reward/mean', float('nan')):.3f}, "
-            f"entropy {last.get('entropy/mean', float('nan')):.3f}"
+            f"[bold]done[/]: {trainer.step} steps in {trainer.run_dir} — "
+            f"reward {last.get('reward/mean', float('nan')):.3f}, entropy {last.get('entropy/mean', float('nan')):.3f}"
         )
     return trainer

@@ -50,8 +50,16 @@ class MetricsSink:
         wandb_project: the wandb project. run_name: the wandb run name. config: logged to wandb.
     """
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool, wandb: bool, wandb_project: str = "rlentropy",
-                 run_name: str = "run", config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        tensorboard: bool,
+        wandb: bool,
+        wandb_project: str = "rlentropy",
+        run_name: str = "run",
+        config: dict[str, Any] | None = None,
+    ) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
         self._wandb = None
@@ -60,7 +68,9 @@ class MetricsSink:
             try:
                 import wandb as wandb_mod
             except ImportError as err:
-                raise ConfigError("logging.wandb: the wandb package is not installed (pip install 'rlentropy[wandb]')") from err
+                raise ConfigError(
+                    "logging.wandb: the wandb package is not installed (pip install 'rlentropy[wandb]')"
+                ) from err
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
@@ -99,11 +109,25 @@ class Progress:
         self._bar = None
         if not enabled:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import (
+            Progress as RichProgress,
+        )
 
         self._bar = RichProgress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
             transient=False,
         )
         self._task = self._bar.add_task(description, total=total, completed=start, info="")
