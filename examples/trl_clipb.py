@@ -31,12 +31,26 @@ def main() -> None:
     model, tok = make_random_tiny_policy(seed=0) if a.random else load_shipped_policy()
     prompts = [f"{i}+{j}=" for i in range(10) for j in range(10)]
     args = EntropyGRPOConfig(
-        output_dir=a.out, entropy_control=a.control, max_steps=a.steps, per_device_train_batch_size=8,
-        num_generations=4, max_completion_length=16, learning_rate=1e-4, logging_steps=1, report_to="none",
-        use_cpu=True, save_strategy="no", seed=0,
+        output_dir=a.out,
+        entropy_control=a.control,
+        max_steps=a.steps,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=16,
+        learning_rate=1e-4,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        seed=0,
     )
-    trainer = EntropyGRPOTrainer(model=model, processing_class=tok, reward_funcs=reward_digits, args=args,
-                                 train_dataset=Dataset.from_dict({"prompt": prompts}))
+    trainer = EntropyGRPOTrainer(
+        model=model,
+        processing_class=tok,
+        reward_funcs=reward_digits,
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+    )
     trainer.train()
 
 

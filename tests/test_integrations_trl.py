@@ -27,8 +27,16 @@ def reward_len(completions, **kwargs):
 
 def _make(cls, cfg_cls, model, tok, tmp_path, **kw):
     opts = dict(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2, max_completion_length=6,
-        report_to="none", use_cpu=True, logging_steps=1, max_steps=2, seed=0, save_strategy="no",
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=6,
+        report_to="none",
+        use_cpu=True,
+        logging_steps=1,
+        max_steps=2,
+        seed=0,
+        save_strategy="no",
         temperature=0.9,
     )
     args = cfg_cls(**{**opts, **kw})
@@ -50,8 +58,12 @@ def _inputs(seed=0, b=4, p=5, t=6, vocab=100):
     completion_mask[2, 2:] = 0
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
     return {
-        "prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
-        "completion_mask": completion_mask, "advantages": adv, "num_items_in_batch": completion_mask.sum(),
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": adv,
+        "num_items_in_batch": completion_mask.sum(),
     }
 
 
@@ -74,7 +86,9 @@ def test_controls_off_equals_plain_trl_loss_and_gradients(tmp_path):
     for name in g_plain:
         assert torch.equal(g_plain[name], g_ours[name]), name
     # our hidden-state statistics agree with TRL's fused-head entropy on the same forward
-    assert ours._metrics["train"]["rlentropy/entropy"][-1] == pytest.approx(plain._metrics["train"]["entropy"][-1], rel=1e-5)
+    assert ours._metrics["train"]["rlentropy/entropy"][-1] == pytest.approx(
+        plain._metrics["train"]["entropy"][-1], rel=1e-5
+    )
     for key in ("rlentropy/S_mean", "rlentropy/s_bar_mean", "rlentropy/pressure", "rlentropy/quadrant/pos_high_frac"):
         assert key in ours._metrics["train"]
 
@@ -89,7 +103,10 @@ def _reference_stats(model, inputs, temperature):
     return token_stats(logits, inputs["completion_ids"], temperature=temperature, mask=inputs["completion_mask"])
 
 
-_MASK_PARAMS = {"clip_b": {"clip_b_mu": 0.5}, "clip_v": {"clip_v_mu": 0.5, "clip_v_max_frac": 0.2}}
+_MASK_PARAMS = {
+    "clip_b": {"entropy_control_params": {"mu": 0.5}},
+    "clip_v": {"entropy_control_params": {"mu": 0.5, "max_frac": 0.2}},
+}
 
 
 def _mask_control_step(tr, inputs):
@@ -117,7 +134,13 @@ def _mask_control_step(tr, inputs):
 def test_mask_controls_equal_our_loss_on_same_tensors(tmp_path, control, fuse):
     model, tok = make_random_tiny_policy(seed=1)
     tr = _make(
-        EntropyGRPOTrainer, EntropyGRPOConfig, model, tok, tmp_path, entropy_control=control, fuse_old_stats=fuse,
+        EntropyGRPOTrainer,
+        EntropyGRPOConfig,
+        model,
+        tok,
+        tmp_path,
+        entropy_control=control,
+        fuse_old_stats=fuse,
         **_MASK_PARAMS[control],
     )
     inputs = _inputs(seed=3)
@@ -161,8 +184,14 @@ def test_fused_old_stats_equal_extra_pass_bitwise(tmp_path, control):
     runs = {}
     for fuse in (True, False):
         tr = _make(
-            EntropyGRPOTrainer, EntropyGRPOConfig, copy.deepcopy(model), tok, tmp_path / str(fuse),
-            entropy_control=control, fuse_old_stats=fuse, **_MASK_PARAMS[control],
+            EntropyGRPOTrainer,
+            EntropyGRPOConfig,
+            copy.deepcopy(model),
+            tok,
+            tmp_path / str(fuse),
+            entropy_control=control,
+            fuse_old_stats=fuse,
+            **_MASK_PARAMS[control],
         )
         loss, seen, n_extra = _mask_control_step(tr, _inputs(seed=5))
         loss.backward()
@@ -188,8 +217,14 @@ def test_fusion_only_when_the_loss_forward_is_the_whole_old_batch(tmp_path):
     assert not fused._rl_fuse({**_inputs(), "old_per_token_logps": torch.zeros(4, 6)})
     # the generation batch is split over two loss calls (one per accumulation step): whole-batch S needed first
     split = _make(
-        EntropyGRPOTrainer, EntropyGRPOConfig, model, tok, tmp_path / "b", entropy_control="clip_b",
-        per_device_train_batch_size=2, gradient_accumulation_steps=2,
+        EntropyGRPOTrainer,
+        EntropyGRPOConfig,
+        model,
+        tok,
+        tmp_path / "b",
+        entropy_control="clip_b",
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
     )
     assert split.args.steps_per_generation == 2 and not split._rl_fuse(_inputs())
     split.model.eval()  # evaluation: the batch is one loss call
@@ -199,16 +234,37 @@ def test_fusion_only_when_the_loss_forward_is_the_whole_old_batch(tmp_path):
     model_d.config.attention_dropout = 0.1
     drop = _make(EntropyGRPOTrainer, EntropyGRPOConfig, model_d, tok_d, tmp_path / "c", entropy_control="clip_b")
     assert not drop._rl_fuse(_inputs())
-    off = _make(EntropyGRPOTrainer, EntropyGRPOConfig, model, tok, tmp_path / "d", entropy_control="clip_b",
-                fuse_old_stats=False)
+    off = _make(
+        EntropyGRPOTrainer,
+        EntropyGRPOConfig,
+        model,
+        tok,
+        tmp_path / "d",
+        entropy_control="clip_b",
+        fuse_old_stats=False,
+    )
     assert not off._rl_fuse(_inputs())
 
 
 def test_bad_config_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="entropy_control"):
         EntropyGRPOConfig(output_dir=str(tmp_path), entropy_control="clip_x", report_to="none", use_cpu=True)
-    with pytest.raises(ConfigError, match="clip_b_mu"):
-        EntropyGRPOConfig(output_dir=str(tmp_path), clip_b_mu=0.0, report_to="none", use_cpu=True)
+    with pytest.raises(ConfigError, match="entropy_control_params: mu must be > 0"):
+        EntropyGRPOConfig(
+            output_dir=str(tmp_path),
+            entropy_control="clip_b",
+            entropy_control_params={"mu": 0.0},
+            report_to="none",
+            use_cpu=True,
+        )
+    with pytest.raises(ConfigError, match="unknown parameter 'muu' of entropy control 'clip_b'; allowed: mu, sides"):
+        EntropyGRPOConfig(
+            output_dir=str(tmp_path),
+            entropy_control="clip_b",
+            entropy_control_params='{"muu": 1}',
+            report_to="none",
+            use_cpu=True,
+        )
 
 
 @pytest.mark.parametrize("control", ["clip_b", "kl_cov"])

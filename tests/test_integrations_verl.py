@@ -47,24 +47,24 @@ def _batch(seed: int = 0, b: int = 6, t: int = 9):
     logp = (old + 0.3 * torch.randn(b, t, generator=g, dtype=torch.float64)).clamp(max=-1e-3)  # [B, T]
     adv = torch.randn(b, 1, generator=g, dtype=torch.float64).expand(b, t).contiguous()  # [B, T]
     lengths = torch.randint(3, t + 1, (b,), generator=g)
-    mask = (torch.arange(t)[None, :] < lengths[:, None])  # [B, T] bool
+    mask = torch.arange(t)[None, :] < lengths[:, None]  # [B, T] bool
     return old, logp, adv, mask
 
 
 def test_registered_losses_and_estimators_found_through_verl_registry():
-    for name, fn in rv.POLICY_LOSSES.items():
+    for name, fn in rv.VERL_LOSSES.items():
         assert core_algos.get_policy_loss_fn(name) is fn
     for name, fn in rv.ADV_ESTIMATORS.items():
         assert core_algos.get_adv_estimator_fn(name) is fn
     rv.register_all()  # idempotent: registering again must not raise
-    assert core_algos.get_policy_loss_fn("rlentropy_clip_b") is rv.POLICY_LOSSES["rlentropy_clip_b"]
+    assert core_algos.get_policy_loss_fn("rlentropy_clip_b") is rv.VERL_LOSSES["rlentropy_clip_b"]
 
 
 def test_policy_loss_config_accepts_our_keys_via_target():
-    cfg = _actor_config("rlentropy_clip_v", clip_v_mu=3.0, clip_v_max_frac=0.5)
+    cfg = _actor_config("rlentropy_clip_v", rlentropy_params={"mu": 3.0, "max_frac": 0.5})
     assert isinstance(cfg.policy_loss, rv.RLEntropyPolicyLossConfig)
-    assert cfg.policy_loss.clip_v_mu == 3.0 and cfg.policy_loss.clip_v_max_frac == 0.5
-    assert cfg.policy_loss.clip_b_mu == 2.5  # default untouched
+    assert cfg.policy_loss.rlentropy_params == {"mu": 3.0, "max_frac": 0.5}
+    assert cfg.policy_loss.rlentropy_base_loss == "ppo"  # default untouched
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -116,11 +116,12 @@ def test_mask_controls_equal_our_masked_loss(control):
     r = int(neg_rows[0])
     h, s_bar = _stats(logp)
     logp[r, 0], old[r, 0], h[r, 0], s_bar[r, 0] = -1.0, -1.0, 0.0, 0.5  # S = e^-1·(0 − 1) = −0.368, xD = 0.868
-    mu = {"clip_b": {"clip_b_mu": 1.5}, "clip_v": {"clip_v_mu": 1.0, "clip_v_max_frac": 0.05}}[control]
-    cfg = _actor_config(f"rlentropy_{control}", **mu)
+    params = {"clip_b": {"mu": 1.5}, "clip_v": {"mu": 1.0, "max_frac": 0.05}}[control]
+    cfg = _actor_config(f"rlentropy_{control}", rlentropy_params=params)
     n_global = float(mask.sum())
-    cfg.global_batch_info.update({"dp_size": 1, "batch_num_tokens": n_global, "global_batch_size": None,
-                                  "loss_scale_factor": None})
+    cfg.global_batch_info.update(
+        {"dp_size": 1, "batch_num_tokens": n_global, "global_batch_size": None, "loss_scale_factor": None}
+    )
     lp = logp.clone().requires_grad_(True)
     with rv.actor_stats(rv.ActorStats(entropy=h, s_bar=s_bar)):
         ours, metrics = core_algos.get_policy_loss_fn(f"rlentropy_{control}")(old, lp, adv, mask, "token-mean", cfg)
@@ -184,7 +185,7 @@ def test_advantage_estimator_matches_grpo():
         token_level_rewards=tlr, response_mask=mask, index=index, config=cfg
     )
     # group a: rewards (1, 0): mean 0.5, unbiased std √0.5 → A = ±0.5/0.70711 = ±0.70711; group c: all equal → 0
-    expected = torch.tensor([0.5, -0.5, -0.5, 0.5, 0.0, 0.0]) / (0.5 ** 0.5 + 1e-6)
+    expected = torch.tensor([0.5, -0.5, -0.5, 0.5, 0.0, 0.0]) / (0.5**0.5 + 1e-6)
     torch.testing.assert_close(adv, expected[:, None] * mask, rtol=1e-6, atol=1e-7)
     ref_adv, _ = core_algos.compute_grpo_outcome_advantage(tlr, mask, index=__import__("numpy").array(index))
     torch.testing.assert_close(adv, ref_adv, rtol=1e-5, atol=1e-6)

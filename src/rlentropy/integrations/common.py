@@ -1,15 +1,11 @@
 """Framework-free pieces shared by the TRL and verl adapters.
 
-Two jobs:
-
-1. `control_keep_mask`: run one of our mask-editing entropy controls (Clip_B, Clip_V) on per-token
-   statistics of a whole batch and return the keep mask. Adapters call it on tensors gathered from
-   every process, so the batch statistics (Clip_B's mean / std of S, Clip_V's std of xD and its global
-   cap) have the scope of our own trainer: the whole training batch.
-2. `summary_sums` / `summary_metrics`: the TokenStats metrics every adapter logs (entropy, surprisal,
-   S, s_bar, quadrant counts, first-order entropy pressure, fraction removed by the control). The sums
-   are additive, so a caller can all-reduce them across processes (or accumulate them over
-   micro-batches) before `summary_metrics` turns them into ratios.
+Controls, losses and advantages run through `rlentropy.algorithms.dispatch` (the same dispatch as our
+own trainer). What is shared here is the logging: `summary_sums` / `summary_metrics`, the TokenStats
+metrics every adapter logs (entropy, surprisal, S, s_bar, quadrant counts, first-order entropy
+pressure, fraction removed by the controls). The sums are additive, so a caller can all-reduce them
+across processes (or accumulate them over micro-batches) before `summary_metrics` turns them into
+ratios.
 
 Definitions (M = response mask before controls, L = loss mask after controls):
     entropy      Σ M·H / Σ M                    surprisal    Σ M·(−log p) / Σ M
@@ -22,63 +18,31 @@ Definitions (M = response mask before controls, L = loss mask after controls):
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from rlentropy.dynamics.pressure import QUADRANTS, quadrant_decomposition, token_pressure
 
-__all__ = ["CONTROLS", "MASK_CONTROLS", "LOSS_CONTROLS", "control_keep_mask", "summary_sums", "summary_metrics"]
-
-MASK_CONTROLS: tuple[str, ...] = ("clip_b", "clip_v")
-"""Controls that edit the loss mask from old-policy statistics of the whole batch."""
-
-LOSS_CONTROLS: tuple[str, ...] = ("clip_cov", "kl_cov")
-"""Controls that are policy losses (selection per micro-batch from the current log-probs)."""
-
-CONTROLS: tuple[str, ...] = ("none",) + MASK_CONTROLS + LOSS_CONTROLS
+__all__ = ["summary_metrics", "summary_sums"]
 
 _SUM_KEYS: tuple[str, ...] = (
-    "tokens", "entropy", "surprisal", "s", "s_bar", "loss_tokens", "pressure", "dh",
-    "removed", "tokens_pos", "removed_pos", "tokens_neg", "removed_neg",
-) + tuple(f"{q}/count" for q in QUADRANTS) + tuple(f"{q}/dH" for q in QUADRANTS)
-
-
-def control_keep_mask(
-    control: str,
-    *,
-    s: torch.Tensor,
-    s_bar: torch.Tensor | None,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    params: dict[str, Any],
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Keep mask of a mask-editing control over a whole batch.
-
-    Args:
-        control: "clip_b" or "clip_v".
-        s: [B, T] discriminator S of the sampled tokens (old policy).
-        s_bar: [B, T] baseline E_p[S] (old policy); required for "clip_v".
-        advantages: [B, T] per-token advantages.
-        mask: [B, T] response mask (1 = token takes part in the loss).
-        params: keyword parameters of `rlentropy.algorithms.clip_b_mask` / `clip_v_mask`.
-
-    Returns:
-        keep: [B, T] float mask, `mask` with the dropped tokens set to 0.
-        metrics: the control's metrics (0-dim tensors).
-    """
-    from rlentropy.algorithms import clip_b_mask, clip_v_mask
-
-    m = mask.to(torch.float32)  # [B, T]
-    if control == "clip_b":
-        new_mask, metrics = clip_b_mask(s, advantages, m, **params)
-    elif control == "clip_v":
-        if s_bar is None:
-            raise ValueError("s_bar is required for control 'clip_v'")
-        new_mask, metrics = clip_v_mask(s, s_bar, advantages, m, **params)
-    else:
-        raise ValueError(f"control must be one of {MASK_CONTROLS}, got {control!r}")
-    return new_mask.to(torch.float32) * m, metrics  # [B, T]
+    (
+        "tokens",
+        "entropy",
+        "surprisal",
+        "s",
+        "s_bar",
+        "loss_tokens",
+        "pressure",
+        "dh",
+        "removed",
+        "tokens_pos",
+        "removed_pos",
+        "tokens_neg",
+        "removed_neg",
+    )
+    + tuple(f"{q}/count" for q in QUADRANTS)
+    + tuple(f"{q}/dH" for q in QUADRANTS)
+)
 
 
 def summary_sums(

@@ -1,49 +1,58 @@
-"""rlentropy inside verl (>= 0.9): registered policy losses, advantage estimators, and the actor-side
-piece that supplies per-token entropy and s_bar to them.
+"""rlentropy inside verl (>= 0.9): every registered policy loss, control and advantage estimator of
+`rlentropy.algorithms` as a verl loss / estimator, and the actor-side piece that supplies the per-token
+statistics the controls read.
 
 Install with `pip install 'rlentropy[verl]'`. Importing this module (on the driver, or inside Ray
 workers through `actor_rollout_ref.model.external_lib=rlentropy.integrations.verl`) does three things:
 
-1. Registers our policy losses with `verl.trainer.ppo.core_algos.register_policy_loss`:
-   `rlentropy_ppo` (clip-higher + dual clip), `rlentropy_gspo`, `rlentropy_clip_cov`,
-   `rlentropy_kl_cov`, `rlentropy_clip_b`, `rlentropy_clip_v`. Select one with
-   `actor_rollout_ref.actor.policy_loss.loss_mode=rlentropy_clip_b`.
-2. Registers our advantage estimators with `register_adv_est`: `rlentropy_grpo`, `rlentropy_dr_grpo`,
-   `rlentropy_rloo`, `rlentropy_reinforce_pp` (`algorithm.adv_estimator=rlentropy_grpo`).
+1. Registers, with `verl.trainer.ppo.core_algos.register_policy_loss`, one loss per registry entry —
+   nothing here names a method:
+   - `rlentropy_<loss>` for every policy loss (`rlentropy_ppo`, `rlentropy_gspo`, `rlentropy_clip_cov`, …);
+   - `rlentropy_<control>` for every mask / advantage control (`rlentropy_clip_b`, `rlentropy_clip_v`, …):
+     the control runs on the statistics of the actor's forward, then the base loss
+     (`policy_loss.rlentropy_base_loss`, default `ppo`) runs with its mask / advantages.
+   Select one with `actor_rollout_ref.actor.policy_loss.loss_mode=rlentropy_clip_b`.
+2. Registers `rlentropy_<estimator>` with `register_adv_est` for every advantage estimator
+   (`algorithm.adv_estimator=rlentropy_grpo`).
 3. Installs the actor-side piece (`install_actor_stats`). verl's loss functions receive only
-   log-probs, never logits or entropy, so Clip_B (needs H) and Clip_V (needs H and
-   s_bar = E_p[S]) cannot be written as plain registered losses:
+   log-probs, never logits or entropy, so a control that reads H, E_p[S] or Σp² cannot be a plain
+   registered loss:
    - `rlentropy_ppo_loss` replaces verl's `ppo_loss` dispatcher (`verl.workers.utils.losses`) for the
-     actor. For our two mask controls it reads the entropy verl computed in the same forward
-     (`actor.calculate_entropy=True`) and our s_bar from the model output, and hands them to the
-     registered loss through a context variable; every other loss mode goes to verl's dispatcher
-     untouched.
-   - The FSDP engine's `prepare_model_outputs` is wrapped so that, when the actor's loss is
-     `rlentropy_clip_v`, it also computes s_bar from the logits of that forward with
-     `rlentropy.tokenstats.token_stats` (chunked, fp32) and returns it as `rlentropy_s_bar`.
-     Supported layout: `use_remove_padding=True`, `use_fused_kernels=False` (the fused kernel never
-     materialises logits); anything else raises a clear error.
+     actor. For our control losses it reads the entropy verl computed in the same forward
+     (`actor.calculate_entropy=True`), Σp² (`actor.calculate_sum_pi_squared=True`) and our s_bar from
+     the model output, and hands them to the registered loss through a context variable; every other
+     loss mode goes to verl's dispatcher untouched.
+   - The FSDP engine's `prepare_model_outputs` is wrapped so that, when the control reads s_bar, it
+     also computes s_bar from the logits of that forward with `rlentropy.tokenstats.token_stats`
+     (chunked, fp32) and returns it as `rlentropy_s_bar`. Supported layout: `use_remove_padding=True`,
+     `use_fused_kernels=False` (the fused kernel never materialises logits); anything else raises a
+     clear error.
 
-Scope of the statistics: the policy at the loss forward, which is the old policy on the first
-update of a batch (the upstream Clip_B / Clip_V recipes use `ppo_epochs=1` and one mini-batch per
-step). Clip_B's mean / std of S and Clip_V's std of xD and its cap are computed over the micro-batch
-gathered from every data-parallel rank; with `ppo_micro_batch_size_per_gpu` equal to the per-GPU
-mini-batch (no gradient accumulation) this is the whole training batch, as in our own trainer.
-Dropped tokens leave the token-mean denominator: the global token count verl passes
-(`batch_num_tokens`) is reduced by the number of tokens dropped on all ranks.
+Parameters: a method's parameter takes, in order, `policy_loss.rlentropy_params[<name>]` (or
+`algorithm.rlentropy_params` for estimators), then verl's own key of the same meaning (`VERL_KEYS`:
+eps_low ← clip_ratio_low, eps_high ← clip_ratio_high, clip_ratio_c, tau_pos / tau_neg, the
+PolicyLossConfig keys clip_cov_ratio, kl_cov_ratio, …; scale ← norm_adv_by_std_in_grpo), then the
+registry default (the upstream default written in the method's signature).
 
-Our hyper-parameters live in `RLEntropyPolicyLossConfig`, a subclass of verl's `PolicyLossConfig`:
-set `actor_rollout_ref.actor.policy_loss._target_=rlentropy.integrations.verl.RLEntropyPolicyLossConfig`
-and add keys with Hydra's `+` (see docs/scaling.md for the full command).
+Scope of the statistics: the policy at the loss forward, which is the old policy on the first update
+of a batch (the upstream Clip_B / Clip_V recipes use `ppo_epochs=1` and one mini-batch per step).
+Old-stage controls see the micro-batch gathered from every data-parallel rank; with
+`ppo_micro_batch_size_per_gpu` equal to the per-GPU mini-batch (no gradient accumulation) this is the
+whole training batch, as in our own trainer. Tokens an old-stage mask control drops leave the
+token-mean denominator: the global token count verl passes (`batch_num_tokens`) is reduced by the
+tokens dropped on all ranks. Current-stage mask controls zero the dropped tokens' loss and keep the
+denominators. Loss-term controls (the entropy bonus) are verl's own `entropy_coeff` and are not
+registered here.
 """
 
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 import sys
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -53,11 +62,13 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError("rlentropy.integrations.verl needs verl >= 0.9: pip install 'rlentropy[verl]'") from err
 
-from rlentropy.integrations.common import control_keep_mask
+from rlentropy.algorithms import ADVANTAGES, CONTROLS, POLICY_LOSSES
+from rlentropy.algorithms.dispatch import Active, logged_metrics, run_controls
+from rlentropy.tokenstats import token_stats
 
 __all__ = [
     "ADV_ESTIMATORS",
-    "POLICY_LOSSES",
+    "VERL_LOSSES",
     "ActorStats",
     "RLEntropyPolicyLossConfig",
     "actor_stats",
@@ -69,12 +80,18 @@ __all__ = [
 
 @dataclass
 class RLEntropyPolicyLossConfig(PolicyLossConfig):
-    """verl's `PolicyLossConfig` plus the parameters of rlentropy's losses (upstream defaults)."""
+    """verl's `PolicyLossConfig` plus rlentropy's parameters.
 
-    clip_b_mu: float = 2.5
-    clip_v_mu: float = 8.5
-    clip_v_max_frac: float = 1e-4
-    clip_v_clip_zero_adv: bool = True
+    Attributes:
+        rlentropy_params: parameters of the selected method (defaults: the registry's).
+        rlentropy_base_loss: the policy loss a control loss runs after the control (default ppo).
+        rlentropy_base_params: that loss's parameters.
+        cov_seed: seed of the generator of random losses (clip_cov), per rank.
+    """
+
+    rlentropy_params: dict[str, Any] = field(default_factory=dict)
+    rlentropy_base_loss: str = "ppo"
+    rlentropy_base_params: dict[str, Any] = field(default_factory=dict)
     cov_seed: int = 0
 
 
@@ -85,23 +102,22 @@ class ActorStats:
     Attributes:
         entropy: [bs, T] entropy H at each response position (detached).
         s_bar: [bs, T] E_p[S] (detached), or None when the loss does not need it.
+        sum_p2: [bs, T] Σp² (detached), or None.
         dp_group: the data-parallel process group (None: no gathering).
     """
 
     entropy: torch.Tensor
     s_bar: torch.Tensor | None = None
+    sum_p2: torch.Tensor | None = None
     dp_group: Any = None
 
 
 _ACTOR_STATS: contextvars.ContextVar[ActorStats | None] = contextvars.ContextVar("rlentropy_actor_stats", default=None)
 _GENERATORS: dict[int, torch.Generator] = {}
 
-MASK_LOSSES = ("rlentropy_clip_b", "rlentropy_clip_v")
-S_BAR_LOSSES = ("rlentropy_clip_v",)
-
 
 class actor_stats:  # noqa: N801 - used as a context manager like a function
-    """Context manager that makes `stats` visible to the `rlentropy_clip_b` / `_clip_v` losses."""
+    """Context manager that makes `stats` visible to the `rlentropy_<control>` losses."""
 
     def __init__(self, stats: ActorStats) -> None:
         self._stats = stats
@@ -116,23 +132,56 @@ class actor_stats:  # noqa: N801 - used as a context manager like a function
         _ACTOR_STATS.reset(self._token)
 
 
-# ---------------------------------------------------------------------------------- helpers
-def _policy_cfg(config: Any) -> Any:
-    if config is None:
-        raise ValueError("rlentropy verl losses need the actor config (config=None was passed)")
-    return config.policy_loss
+# ---------------------------------------------------------------------------------- parameters
+_POLICY_KEYS = {f.name for f in dataclasses.fields(PolicyLossConfig)} - {"_target_", "loss_mode", "rollout_correction"}
 
 
-def _get(cfg: Any, key: str, default: Any) -> Any:
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
     value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
     return default if value is None else value
 
 
-def _clip_params(config: Any) -> dict[str, Any]:
-    eps = config.clip_ratio
-    low = config.clip_ratio_low if config.clip_ratio_low is not None else eps
-    high = config.clip_ratio_high if config.clip_ratio_high is not None else eps
-    return {"eps_low": float(low), "eps_high": float(high)}
+def _verl_value(name: str, config: Any) -> Any:
+    """verl's own config value for a parameter of ours with the same meaning (None: verl has none)."""
+    if name == "eps_low":
+        return _get(config, "clip_ratio_low", _get(config, "clip_ratio"))
+    if name == "eps_high":
+        return _get(config, "clip_ratio_high", _get(config, "clip_ratio"))
+    if name in ("clip_ratio_c", "tau_pos", "tau_neg"):
+        return _get(config, name)
+    if name in _POLICY_KEYS:
+        return _get(_get(config, "policy_loss"), name)
+    return None
+
+
+VERL_KEYS = ("eps_low", "eps_high", "clip_ratio_c", "tau_pos", "tau_neg", *sorted(_POLICY_KEYS), "scale")
+"""Parameter names read from verl's own config (see the module docstring)."""
+
+
+def _loss_params(spec: Any, config: Any, explicit: dict[str, Any]) -> dict[str, Any]:
+    if config is None:
+        raise ValueError("rlentropy verl losses need the actor config (config=None was passed)")
+    params = {}
+    for name in spec.parameters:
+        value = _verl_value(name, config)
+        if value is not None:
+            params[name] = value
+    params.update(explicit)
+    return spec.resolve(params)
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    rank = (
+        torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    )
+    key = hash((str(device), seed, rank))
+    if key not in _GENERATORS:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed * 1000003 + rank)
+        _GENERATORS[key] = gen
+    return _GENERATORS[key]
 
 
 def _agg(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str, config: Any, dropped: float = 0.0) -> torch.Tensor:
@@ -141,16 +190,6 @@ def _agg(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str, config: Any, dro
     if dropped and info.get("batch_num_tokens") is not None:
         info["batch_num_tokens"] = info["batch_num_tokens"] - dropped
     return core_algos.agg_loss(loss_mat=loss_mat, loss_mask=mask, loss_agg_mode=mode, **info)
-
-
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
-    key = hash((str(device), seed, rank))
-    if key not in _GENERATORS:
-        gen = torch.Generator(device=device)
-        gen.manual_seed(seed * 1000003 + rank)
-        _GENERATORS[key] = gen
-    return _GENERATORS[key]
 
 
 def _gather_rows(x: torch.Tensor, group: Any) -> tuple[torch.Tensor, int, int]:
@@ -175,137 +214,143 @@ def _gather_rows(x: torch.Tensor, group: Any) -> tuple[torch.Tensor, int, int]:
     return rows, offset, world
 
 
-def _item(x: Any) -> float:
-    return float(x.detach().float().item()) if torch.is_tensor(x) else float(x)
-
-
 def _metrics(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
-    return {f"actor/{prefix}/{k}": _item(v) for k, v in metrics.items() if not torch.is_tensor(v) or v.numel() == 1}
+    return {
+        f"actor/{prefix}/{k}": float(v.detach().float().item()) if torch.is_tensor(v) else float(v)
+        for k, v in metrics.items()
+        if not torch.is_tensor(v) or v.numel() == 1
+    }
 
 
 # ---------------------------------------------------------------------------------- policy losses
-def _loss_ppo(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean", config=None,
-              rollout_is_weights=None):
-    from rlentropy.algorithms import get_policy_loss
-
-    mask = response_mask.to(log_prob.dtype)  # [bs, T]
-    params = {**_clip_params(config), "clip_ratio_c": float(config.get("clip_ratio_c", 3.0))}
-    loss_mat, m = get_policy_loss("ppo")(log_prob, old_log_prob, advantages, mask, **params)  # [bs, T]
-    if rollout_is_weights is not None:
-        loss_mat = loss_mat * rollout_is_weights
-    return _agg(loss_mat, mask, loss_agg_mode, config), _metrics("rlentropy_ppo", m)
-
-
-def _loss_gspo(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean", config=None,
-               rollout_is_weights=None):
-    from rlentropy.algorithms import get_policy_loss, get_policy_loss_spec
-
-    mask = response_mask.to(log_prob.dtype)  # [bs, T]
-    loss_mat, m = get_policy_loss("gspo")(log_prob, old_log_prob, advantages, mask, **_clip_params(config))
-    if rollout_is_weights is not None:
-        loss_mat = loss_mat * rollout_is_weights
-    mode = get_policy_loss_spec("gspo").agg_mode or loss_agg_mode
-    return _agg(loss_mat, mask, mode, config), _metrics("rlentropy_gspo", m)
+def _run_loss(
+    spec: Any,
+    params: dict[str, Any],
+    old_log_prob: torch.Tensor,
+    log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    config: Any,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    pl = _get(config, "policy_loss")
+    inputs = {
+        "logp": log_prob,
+        "old_logp": old_log_prob,
+        "advantages": advantages,
+        "mask": mask,
+        "generator": _generator(log_prob.device, int(_get(pl, "cov_seed", 0))),
+    }
+    return spec.call(inputs, params)
 
 
-def _loss_clip_cov(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean", config=None,
-                   rollout_is_weights=None):
-    from rlentropy.algorithms import get_policy_loss
+def _make_loss(name: str) -> Any:
+    spec = POLICY_LOSSES.get(name)
 
-    pl = _policy_cfg(config)
-    mask = response_mask.to(log_prob.dtype)  # [bs, T]
-    loss_mat, m = get_policy_loss("clip_cov")(
-        log_prob, old_log_prob, advantages, mask, **_clip_params(config),
-        clip_cov_ratio=float(_get(pl, "clip_cov_ratio", 2e-4)), clip_cov_lb=float(_get(pl, "clip_cov_lb", 1.0)),
-        clip_cov_ub=float(_get(pl, "clip_cov_ub", 5.0)),
-        generator=_generator(log_prob.device, int(_get(pl, "cov_seed", 0))),
-    )  # [bs, T]
-    if rollout_is_weights is not None:
-        loss_mat = loss_mat * rollout_is_weights
-    return _agg(loss_mat, mask, loss_agg_mode, config), _metrics("rlentropy_clip_cov", m)
+    def loss_fn(
+        old_log_prob,
+        log_prob,
+        advantages,
+        response_mask,
+        loss_agg_mode="token-mean",
+        config=None,
+        rollout_is_weights=None,
+    ):
+        params = _loss_params(spec, config, dict(_get(_get(config, "policy_loss"), "rlentropy_params", {}) or {}))
+        mask = response_mask.to(log_prob.dtype)  # [bs, T]
+        loss_mat, m = _run_loss(spec, params, old_log_prob, log_prob, advantages, mask, config)  # [bs, T]
+        if rollout_is_weights is not None:
+            loss_mat = loss_mat * rollout_is_weights
+        return _agg(loss_mat, mask, spec.agg_mode or loss_agg_mode, config), _metrics(f"rlentropy_{name}", m)
 
-
-def _loss_kl_cov(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean", config=None,
-                 rollout_is_weights=None):
-    from rlentropy.algorithms import get_policy_loss
-
-    pl = _policy_cfg(config)
-    mask = response_mask.to(log_prob.dtype)  # [bs, T]
-    loss_mat, m = get_policy_loss("kl_cov")(
-        log_prob, old_log_prob, advantages, mask,
-        kl_cov_ratio=float(_get(pl, "kl_cov_ratio", 2e-4)), ppo_kl_coef=float(_get(pl, "ppo_kl_coef", 1.0)),
-    )  # [bs, T]
-    if rollout_is_weights is not None:
-        loss_mat = loss_mat * rollout_is_weights
-    return _agg(loss_mat, mask, loss_agg_mode, config), _metrics("rlentropy_kl_cov", m)
+    loss_fn.__name__ = loss_fn.__qualname__ = f"rlentropy_{name}"
+    loss_fn.__doc__ = f"rlentropy policy loss {name!r} ({spec.summary}); {spec.paper}."
+    return loss_fn
 
 
-def _mask_control_loss(control: str, old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config,
-                       rollout_is_weights):
-    from rlentropy.algorithms import get_policy_loss
-
+def _control_inputs(control: Any, log_prob: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The per-token statistics a control reads, from the actor-side piece (padded [bs, T], detached)."""
+    reads = control.reads_stats()
+    need_actor = [f for f in reads if f != "logp"]
     stats = _ACTOR_STATS.get()
-    name = f"rlentropy_{control}"
-    if stats is None:
+    name = f"rlentropy_{control.name}"
+    if need_actor and stats is None:
         raise RuntimeError(
             f"loss_mode={name} needs rlentropy's actor-side statistics: set "
             "actor_rollout_ref.model.external_lib=rlentropy.integrations.verl and "
             "actor_rollout_ref.actor.calculate_entropy=True (see docs/scaling.md)"
         )
-    if control == "clip_v" and stats.s_bar is None:
-        raise RuntimeError("loss_mode=rlentropy_clip_v needs s_bar from the actor forward (see docs/scaling.md)")
-    pl = _policy_cfg(config)
-    mask = response_mask.to(torch.float32)  # [bs, T]
-    logp = log_prob.detach().float()  # [bs, T]
-    h = stats.entropy.float()  # [bs, T]
-    s = torch.exp(logp) * (h + logp) * mask  # [bs, T]
-    adv = advantages.float()  # [bs, T]
-    g_s, off, _ = _gather_rows(s, stats.dp_group)
-    g_a, _, _ = _gather_rows(adv, stats.dp_group)
-    g_m, _, _ = _gather_rows(mask, stats.dp_group)
-    if control == "clip_b":
-        params: dict[str, Any] = {"mu": float(_get(pl, "clip_b_mu", 2.5))}
-        g_sb = None
-    else:
-        g_sb, _, _ = _gather_rows(stats.s_bar.float() * mask, stats.dp_group)
-        params = {
-            "mu": float(_get(pl, "clip_v_mu", 8.5)), "max_frac": float(_get(pl, "clip_v_max_frac", 1e-4)),
-            "clip_zero_adv": bool(_get(pl, "clip_v_clip_zero_adv", True)),
-        }
-    g_keep, cm = control_keep_mask(control, s=g_s, s_bar=g_sb, advantages=g_a, mask=g_m, params=params)
-    b, t = mask.shape
-    keep = g_keep[off : off + b, :t].to(log_prob.dtype)  # [bs, T]
-    dropped_global = float((g_m - g_keep).sum().item())
-    ppo_params = {**_clip_params(config), "clip_ratio_c": float(config.get("clip_ratio_c", 3.0))}
-    loss_mat, m = get_policy_loss("ppo")(log_prob, old_log_prob, advantages, keep, **ppo_params)  # [bs, T]
-    if rollout_is_weights is not None:
-        loss_mat = loss_mat * rollout_is_weights
-    loss = _agg(loss_mat, keep, loss_agg_mode, config, dropped=dropped_global)
-    out = _metrics(name, m)
-    out.update(_metrics(name, cm))
-    return loss, out
+    logp = log_prob.detach().float() * mask  # [bs, T]
+    out = {"logp": logp}
+    if need_actor:
+        h = stats.entropy.float() * mask  # [bs, T]
+        out.update(entropy=h, s=torch.exp(logp) * (h + logp) * mask)  # [bs, T]
+    if "s_bar" in reads:
+        if stats.s_bar is None:
+            raise RuntimeError(f"loss_mode={name} needs s_bar from the actor forward (see docs/scaling.md)")
+        out["s_bar"] = stats.s_bar.float() * mask
+    if "sum_p2" in reads:
+        if stats.sum_p2 is None:
+            raise RuntimeError(f"loss_mode={name} needs Σp²: set actor_rollout_ref.actor.calculate_sum_pi_squared=True")
+        out["sum_p2"] = stats.sum_p2.float() * mask
+    return out
 
 
-def _loss_clip_b(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean", config=None,
-                 rollout_is_weights=None):
-    return _mask_control_loss("clip_b", old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config,
-                              rollout_is_weights)
+def _make_control_loss(name: str) -> Any:
+    control = CONTROLS.get(name)
+
+    def loss_fn(
+        old_log_prob,
+        log_prob,
+        advantages,
+        response_mask,
+        loss_agg_mode="token-mean",
+        config=None,
+        rollout_is_weights=None,
+    ):
+        pl = _get(config, "policy_loss")
+        active = [Active(control, control.resolve(dict(_get(pl, "rlentropy_params", {}) or {})), control.stage)]
+        base = POLICY_LOSSES.get(str(_get(pl, "rlentropy_base_loss", "ppo")))
+        mask = response_mask.to(torch.float32)  # [bs, T]
+        stats = _control_inputs(control, log_prob, mask)
+        group = getattr(_ACTOR_STATS.get(), "dp_group", None)
+        gathered = {k: _gather_rows(v, group)[0] for k, v in stats.items()}
+        g_adv, off, _ = _gather_rows(advantages * mask.to(advantages.dtype), group)
+        g_mask, _, _ = _gather_rows(mask, group)
+        res = run_controls(active, control.stage, {**gathered, "advantages": g_adv, "mask": g_mask})
+        b, t = mask.shape
+        keep = res.mask[off : off + b, :t].to(log_prob.dtype)  # [bs, T]
+        adv = (
+            advantages if res.advantages is g_adv else res.advantages[off : off + b, :t].to(advantages.dtype)
+        )  # [bs, T]
+        old_stage = control.stage == "old"
+        loss_mask = keep if old_stage else mask.to(log_prob.dtype)
+        params = _loss_params(base, config, dict(_get(pl, "rlentropy_base_params", {}) or {}))
+        loss_mat, m = _run_loss(base, params, old_log_prob, log_prob, adv, keep, config)  # [bs, T]
+        if rollout_is_weights is not None:
+            loss_mat = loss_mat * rollout_is_weights
+        dropped = float((g_mask - res.mask * g_mask).sum().item()) if old_stage else 0.0
+        loss = _agg(loss_mat, loss_mask, base.agg_mode or loss_agg_mode, config, dropped=dropped)
+        out = _metrics(f"rlentropy_{name}", m)
+        out.update(_metrics(f"rlentropy_{name}", logged_metrics(active, res.metrics, prefix="")))
+        out.update(_metrics(f"rlentropy_{name}", res.metrics.get(name, {})))
+        return loss, out
+
+    loss_fn.__name__ = loss_fn.__qualname__ = f"rlentropy_{name}"
+    loss_fn.__doc__ = f"rlentropy control {name!r} ({control.summary}) then the base policy loss; {control.paper}."
+    return loss_fn
 
 
-def _loss_clip_v(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean", config=None,
-                 rollout_is_weights=None):
-    return _mask_control_loss("clip_v", old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config,
-                              rollout_is_weights)
-
-
-POLICY_LOSSES: dict[str, Any] = {
-    "rlentropy_ppo": _loss_ppo,
-    "rlentropy_gspo": _loss_gspo,
-    "rlentropy_clip_cov": _loss_clip_cov,
-    "rlentropy_kl_cov": _loss_kl_cov,
-    "rlentropy_clip_b": _loss_clip_b,
-    "rlentropy_clip_v": _loss_clip_v,
+VERL_LOSSES: dict[str, Any] = {
+    **{f"rlentropy_{n}": _make_loss(n) for n in POLICY_LOSSES.names()},
+    **{f"rlentropy_{c.name}": _make_control_loss(c.name) for c in CONTROLS.specs() if c.kind in ("mask", "advantage")},
 }
+"""Every loss this module registers in verl, by verl name."""
+
+
+def _control_of(loss_mode: str) -> Any:
+    """The control behind a verl loss mode `rlentropy_<control>` (None for any other mode)."""
+    name = loss_mode.removeprefix("rlentropy_")
+    return CONTROLS.get(name) if loss_mode.startswith("rlentropy_") and name in CONTROLS else None
 
 
 # ---------------------------------------------------------------------------------- advantages
@@ -317,32 +362,56 @@ def _group_ids(index: Any, n: int, device: torch.device) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long, device=device)
 
 
-def _make_adv(name: str):
-    def estimator(token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index: Any = None,
-                  config: Optional[Any] = None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """rlentropy advantage `name` on scalar rewards (sum of token-level rewards), broadcast over T."""
-        from rlentropy.algorithms import get_advantage
+def _adv_params(spec: Any, config: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if "scale" in spec.parameters and _get(config, "norm_adv_by_std_in_grpo") is not None:
+        params["scale"] = "group" if _get(config, "norm_adv_by_std_in_grpo", True) else "none"
+    params.update(dict(_get(config, "rlentropy_params", {}) or {}))
+    return spec.resolve(params)
 
+
+def _make_adv(name: str) -> Any:
+    spec = ADVANTAGES.get(name)
+
+    def estimator(
+        token_level_rewards: torch.Tensor,
+        response_mask: torch.Tensor,
+        index: Any = None,
+        config: Any | None = None,
+        old_log_probs: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         rewards = token_level_rewards.sum(dim=-1)  # [bs]
-        groups = _group_ids(index, rewards.shape[0], rewards.device)  # [bs]
-        params: dict[str, Any] = {}
-        if name == "grpo" and config is not None:
-            params["scale"] = "group" if _get(config, "norm_adv_by_std_in_grpo", True) else "none"
-        adv, _ = get_advantage(name)(rewards, groups, **params)  # [bs]
-        adv_tok = adv.unsqueeze(-1).to(token_level_rewards.dtype) * response_mask  # [bs, T]
+        inputs: dict[str, Any] = {
+            "rewards": rewards,
+            "group_ids": _group_ids(index, rewards.shape[0], rewards.device),
+            "mask": response_mask.to(token_level_rewards.dtype),
+        }
+        reads = spec.reads_stats()
+        if reads and (reads != ("logp",) or old_log_probs is None):
+            raise RuntimeError(
+                f"adv_estimator=rlentropy_{name} reads {', '.join(reads)} of the old policy, which "
+                "verl's compute_advantage does not pass to advantage estimators"
+            )
+        if reads:
+            inputs["logp"] = old_log_probs
+        adv, _ = spec.call(inputs, _adv_params(spec, config))  # [bs] or [bs, T]
+        adv_tok = (adv.unsqueeze(-1) if adv.dim() == 1 else adv).to(
+            token_level_rewards.dtype
+        ) * response_mask  # [bs, T]
         return adv_tok, adv_tok
 
-    estimator.__name__ = f"rlentropy_{name}"
-    estimator.__qualname__ = estimator.__name__
+    estimator.__name__ = estimator.__qualname__ = f"rlentropy_{name}"
+    estimator.__doc__ = f"rlentropy advantage estimator {name!r} ({spec.summary}); {spec.paper}."
     return estimator
 
 
-ADV_ESTIMATORS: dict[str, Any] = {f"rlentropy_{n}": _make_adv(n) for n in ("grpo", "dr_grpo", "rloo", "reinforce_pp")}
+ADV_ESTIMATORS: dict[str, Any] = {f"rlentropy_{n}": _make_adv(n) for n in ADVANTAGES.names()}
 
 
 def register_all() -> None:
     """Register our losses and advantage estimators in verl's registries (idempotent)."""
-    for name, fn in POLICY_LOSSES.items():
+    for name, fn in VERL_LOSSES.items():
         core_algos.register_policy_loss(name)(fn)
     for name, fn in ADV_ESTIMATORS.items():
         existing = core_algos.ADV_ESTIMATOR_REGISTRY.get(name)
@@ -362,27 +431,36 @@ def _loss_mode(config: Any) -> str:
 
 
 def rlentropy_ppo_loss(config: Any, model_output: dict[str, Any], data: Any, dp_group: Any = None):
-    """Drop-in for verl's `ppo_loss`: supplies entropy / s_bar to `rlentropy_clip_b` / `_clip_v`.
+    """Drop-in for verl's `ppo_loss`: supplies entropy / s_bar / Σp² to the `rlentropy_<control>` losses.
 
     For every other loss mode it calls verl's dispatcher unchanged.
     """
     mode = _loss_mode(config)
-    if mode not in MASK_LOSSES:
+    control = _control_of(mode)
+    if control is None or not [f for f in control.reads_stats() if f != "logp"]:
         return _VERL_PPO_LOSS(config, model_output, data, dp_group)
-    from verl.workers.utils.padding import no_padding_2_padding
+    from verl.workers.utils.padding import no_padding_2_padding  # needs the worker's deps (not on every driver)
 
-    entropy = model_output.get("entropy")
-    if entropy is None:
-        raise RuntimeError(f"loss_mode={mode} needs the entropy of the actor forward: set "
-                           "actor_rollout_ref.actor.calculate_entropy=True")
-    s_bar = model_output.get("rlentropy_s_bar")
-    if mode in S_BAR_LOSSES and s_bar is None:
-        raise RuntimeError(f"loss_mode={mode}: the actor forward produced no s_bar; the FSDP engine patch of "
-                           "rlentropy.integrations.verl is not installed in this worker (set "
-                           "actor_rollout_ref.model.external_lib=rlentropy.integrations.verl)")
+    def padded(key: str, needed: bool, hint: str) -> torch.Tensor | None:
+        value = model_output.get(key)
+        if value is None and needed:
+            raise RuntimeError(f"loss_mode={mode} needs {hint}")
+        return None if value is None else no_padding_2_padding(value, data).detach()
+
+    reads = control.reads_stats()
     stats = ActorStats(
-        entropy=no_padding_2_padding(entropy, data).detach(),
-        s_bar=None if s_bar is None else no_padding_2_padding(s_bar, data).detach(),
+        entropy=padded(
+            "entropy", True, "the entropy of the actor forward: set actor_rollout_ref.actor.calculate_entropy=True"
+        ),
+        s_bar=padded(
+            "rlentropy_s_bar",
+            "s_bar" in reads,
+            "s_bar from the actor forward; the FSDP engine patch of rlentropy.integrations.verl is not installed "
+            "in this worker (set actor_rollout_ref.model.external_lib=rlentropy.integrations.verl)",
+        ),
+        sum_p2=padded(
+            "sum_pi_squared", "sum_p2" in reads, "Σp²: set actor_rollout_ref.actor.calculate_sum_pi_squared=True"
+        ),
         dp_group=dp_group,
     )
     with actor_stats(stats):
@@ -393,7 +471,8 @@ def _wants_s_bar(loss_function: Any) -> bool:
     if not isinstance(loss_function, functools.partial) or loss_function.func is not rlentropy_ppo_loss:
         return False
     config = loss_function.keywords.get("config")
-    return config is not None and _loss_mode(config) in S_BAR_LOSSES
+    control = _control_of(_loss_mode(config)) if config is not None else None
+    return control is not None and "s_bar" in control.inputs
 
 
 def s_bar_from_packed_logits(logits: torch.Tensor, labels: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
@@ -407,8 +486,6 @@ def s_bar_from_packed_logits(logits: torch.Tensor, labels: torch.Tensor, tempera
     Returns:
         [N] float32 s_bar = E_p[S] under softmax(logits / temperature).
     """
-    from rlentropy.tokenstats import token_stats
-
     with torch.no_grad():
         scaled = logits.float() / temperature.clamp(min=1e-8).float().unsqueeze(-1)  # [N, V]
         return token_stats(scaled, labels.long()).s_bar  # [N]
@@ -424,8 +501,8 @@ def _prepare_model_outputs_with_s_bar(self, output, output_args, micro_batch, lo
     fused = tu.get_non_tensor_data(data=micro_batch, key="use_fused_kernels", default=False)
     if fused or not use_rmpad or getattr(output, "logits", None) is None:
         raise RuntimeError(
-            "rlentropy_clip_v computes s_bar from the actor's logits: set actor_rollout_ref.model.use_remove_padding=True "
-            "and actor_rollout_ref.model.use_fused_kernels=False"
+            "rlentropy controls that read s_bar compute it from the actor's logits: set "
+            "actor_rollout_ref.model.use_remove_padding=True and actor_rollout_ref.model.use_fused_kernels=False"
         )
     logits = output.logits.squeeze(0)  # [nnz_local, V]
     if hasattr(logits, "full_tensor"):
