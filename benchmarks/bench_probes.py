@@ -26,37 +26,60 @@ import torch
 
 CONFIGS = {
     "off": {"every": 0},
-    "pressure": {"every": 1, "pressure": True, "covariance": False, "step_probe": False, "logit_check": False, "gns": False, "save_arrays": False},
+    "pressure": {
+        "every": 1,
+        "pressure": True,
+        "covariance": False,
+        "step_probe": False,
+        "logit_check": False,
+        "gns": False,
+        "save_arrays": False,
+    },
     "full@10": {"every": 10},
     "full@1": {"every": 1},
 }
 
 
 def run(name: str, probes: dict, *, steps: int, model: str, device: str, task: str, out: Path) -> dict:
-    from rlentropy.train.config import config_from_dict
+    from rlentropy.runs.config import config_from_dict
     from rlentropy.train.run import run_training
 
-    cfg = config_from_dict({
-        "name": f"bench-{name}",
-        "run_dir": str(out / name),
-        "model": {"path": model},
-        "data": {"task": task},
-        "rollout": {"max_new_tokens": 24, "temperature": 1.0},
-        "optim": {"lr": 1e-3, "weight_decay": 0.0},
-        "train": {"steps": steps, "prompts_per_step": 8, "group_size": 8, "micro_batch_size": 16, "seed": 0, "device": device},
-        "checkpoint": {"every": 0, "save_final": False},
-        "logging": {"tensorboard": False},
-        "probes": probes,
-    })
+    cfg = config_from_dict(
+        {
+            "name": f"bench-{name}",
+            "run_dir": str(out / name),
+            "model": {"path": model},
+            "data": {"task": task},
+            "rollout": {"max_new_tokens": 24, "temperature": 1.0},
+            "optim": {"lr": 1e-3, "weight_decay": 0.0},
+            "train": {
+                "steps": steps,
+                "prompts_per_step": 8,
+                "group_size": 8,
+                "micro_batch_size": 16,
+                "seed": 0,
+                "device": device,
+            },
+            "checkpoint": {"every": 0, "save_final": False},
+            "logging": {"tensorboard": False},
+            "probes": probes,
+        }
+    )
     t0 = time.perf_counter()
     trainer = run_training(cfg, quiet=True)
     wall = time.perf_counter() - t0
     times = [float(h["time/step"]) for h in trainer.history[1:]]
     probe_times = [float(h.get("time/probe", 0.0)) for h in trainer.history[1:]]
     rest = sum(times) - sum(probe_times)
-    return {"config": name, "steps": steps, "wall_s": wall, "step_s": statistics.fmean(times),
-            "step_s_median": statistics.median(times), "probe_s_mean": statistics.fmean(probe_times),
-            "overhead": sum(probe_times) / rest if rest > 0 else float("nan")}
+    return {
+        "config": name,
+        "steps": steps,
+        "wall_s": wall,
+        "step_s": statistics.fmean(times),
+        "step_s_median": statistics.median(times),
+        "probe_s_mean": statistics.fmean(probe_times),
+        "overhead": sum(probe_times) / rest if rest > 0 else float("nan"),
+    }
 
 
 def main() -> None:
@@ -76,13 +99,26 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only:
-            rows.append(run(name, CONFIGS[name], steps=args.steps, model=args.model, device=args.device, task=args.task, out=Path(tmp)))
+            rows.append(
+                run(
+                    name,
+                    CONFIGS[name],
+                    steps=args.steps,
+                    model=args.model,
+                    device=args.device,
+                    task=args.task,
+                    out=Path(tmp),
+                )
+            )
             print(json.dumps(rows[-1]), flush=True)
     base = next((r["step_s"] for r in rows if r["config"] == "off"), None)
     print(f"\n{'config':<10} {'step s (mean)':>14} {'probe s (mean)':>15} {'ratio to off':>13} {'overhead':>9}")
     for r in rows:
         ratio = f"{r['step_s'] / base:.3f}" if base else "n/a"
-        print(f"{r['config']:<10} {r['step_s']:>14.4f} {r['probe_s_mean']:>15.4f} {ratio:>13} {100 * r['overhead']:>8.1f}%")
+        print(
+            f"{r['config']:<10} {r['step_s']:>14.4f} {r['probe_s_mean']:>15.4f} {ratio:>13} "
+            f"{100 * r['overhead']:>8.1f}%"
+        )
 
 
 if __name__ == "__main__":

@@ -88,8 +88,8 @@ def bench_case(case: dict, *, rounds: int, repeats: int, max_new_tokens: int) ->
             "tokens": tokens[e] / (rounds * repeats),
             "reward": statistics.fmean(reward[e]),
         }
-    out["ratio_cpu"] = [h / l for h, l in zip(cpu["hf_generate"], cpu["lean"])]
-    out["ratio_wall"] = [h / l for h, l in zip(wall["hf_generate"], wall["lean"])]
+    out["ratio_cpu"] = [h / lean for h, lean in zip(cpu["hf_generate"], cpu["lean"])]
+    out["ratio_wall"] = [h / lean for h, lean in zip(wall["hf_generate"], wall["lean"])]
     return out
 
 
@@ -109,10 +109,15 @@ def table(results: dict, *, clock: str, threads: int, rounds: int, repeats: int,
         label = f"{name} ({desc['model']}, {desc['prompts']}×{desc['n']}, {stop})"
         for e in ENGINES:
             m = res[e]
-            speed = (f"**{statistics.median(ratios):.2f}×** ({', '.join(f'{x:.2f}' for x in ratios)})"
-                     if e == "lean" else "1.00×")
-            lines.append(f"| {label} | {res['rows']} | {e} | {m['cpu']:.4f} | {m['wall']:.4f} | {m['tokens']:.0f} | "
-                         f"{m['reward']:.3f} | {speed} |")
+            speed = (
+                f"**{statistics.median(ratios):.2f}×** ({', '.join(f'{x:.2f}' for x in ratios)})"
+                if e == "lean"
+                else "1.00×"
+            )
+            lines.append(
+                f"| {label} | {res['rows']} | {e} | {m['cpu']:.4f} | {m['wall']:.4f} | {m['tokens']:.0f} | "
+                f"{m['reward']:.3f} | {speed} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -131,8 +136,9 @@ def main() -> None:
     for name in a.cases:
         results[name] = bench_case(CASES[name], rounds=a.rounds, repeats=a.repeats, max_new_tokens=a.max_new_tokens)
         print(f"{name}: speed-up {statistics.median(results[name][f'ratio_{a.clock}']):.2f}×", flush=True)
-    text = table(results, clock=a.clock, threads=a.threads, rounds=a.rounds, repeats=a.repeats,
-                 max_new_tokens=a.max_new_tokens)
+    text = table(
+        results, clock=a.clock, threads=a.threads, rounds=a.rounds, repeats=a.repeats, max_new_tokens=a.max_new_tokens
+    )
     print(text)
     if a.record:
         args = [x for x in sys.argv[1:] if x != "--record"]

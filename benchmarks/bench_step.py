@@ -25,19 +25,28 @@ PHASES = ("time/rollout", "time/reward", "time/stats", "time/update", "time/step
 
 
 def bench(steps: int, threads: int, overrides: list[str]) -> dict[str, float]:
-    from rlentropy.train.config import load_config
+    from rlentropy.runs.config import load_config
     from rlentropy.train.run import run_training
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(REPO / "configs" / "demo_countdown.yaml", [
-            f"train.steps={steps}", f"run_dir={tmp}/run", "logging.tensorboard=false", "logging.rollouts_every=0",
-            "checkpoint.save_final=false", *overrides,
-        ])
+        cfg = load_config(
+            REPO / "configs" / "demo_countdown.yaml",
+            [
+                f"train.steps={steps}",
+                f"run_dir={tmp}/run",
+                "logging.tensorboard=false",
+                "logging.rollouts_every=0",
+                "checkpoint.save_final=false",
+                *overrides,
+            ],
+        )
         tr = run_training(cfg, quiet=True)
     hist = tr.history[1:] if len(tr.history) > 1 else tr.history
     out = {k: statistics.fmean(h[k] for h in hist) for k in PHASES}
-    out["tokens"] = statistics.fmean(h["response/length_mean"] for h in hist) * cfg.train.prompts_per_step * cfg.train.group_size
+    out["tokens"] = (
+        statistics.fmean(h["response/length_mean"] for h in hist) * cfg.train.prompts_per_step * cfg.train.group_size
+    )
     out["sequences"] = cfg.train.prompts_per_step * cfg.train.group_size
     return out
 
@@ -73,7 +82,10 @@ def main() -> None:
         path = REPO / "benchmarks" / "RESULTS.md"
         body = path.read_text() if path.exists() else "# Benchmark results\n"
         if "## bench_step" not in body:
-            body = body.rstrip("\n") + "\n\n## bench_step\n\n`python benchmarks/bench_step.py` (see the script's docstring).\n"
+            body = (
+                body.rstrip("\n")
+                + "\n\n## bench_step\n\n`python benchmarks/bench_step.py` (see the script's docstring).\n"
+            )
         start = body.index("## bench_step")
         nxt = body.find("\n## ", start + 1)
         end = len(body) if nxt < 0 else nxt + 1

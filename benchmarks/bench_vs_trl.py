@@ -91,25 +91,35 @@ def _now() -> list[float]:
 
 
 def _run_ours(a: argparse.Namespace) -> dict:
-    from rlentropy.train.config import config_from_dict
+    from rlentropy.runs.config import config_from_dict
     from rlentropy.train.run import run_training
 
     _register_task(a.prompts * a.steps)
     ends: list[list[float]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = config_from_dict({
-            "name": "bench-ours",
-            "run_dir": f"{tmp}/run",
-            "model": {"path": a.model_dir},
-            "data": {"task": BENCH_TASK},
-            "rollout": {"max_new_tokens": a.max_new_tokens, "temperature": 1.0},
-            "algorithm": {"advantage": "grpo", "loss": "ppo", "aggregation": "token-mean", "control": "none"},
-            "optim": {"lr": a.lr, "weight_decay": 0.0, "schedule": "constant"},
-            "train": {"steps": a.steps, "prompts_per_step": a.prompts, "group_size": a.group, "mini_batches": 1,
-                      "ppo_epochs": 1, "grad_clip": 1.0, "seed": 0, "device": "cpu"},
-            "checkpoint": {"every": 0, "keep_last": 1, "save_final": False},
-            "logging": {"tensorboard": False, "rollouts_every": 0},
-        })
+        cfg = config_from_dict(
+            {
+                "name": "bench-ours",
+                "run_dir": f"{tmp}/run",
+                "model": {"path": a.model_dir},
+                "data": {"task": BENCH_TASK},
+                "rollout": {"max_new_tokens": a.max_new_tokens, "temperature": 1.0},
+                "algorithm": {"advantage": "grpo", "loss": "ppo", "aggregation": "token-mean", "control": "none"},
+                "optim": {"lr": a.lr, "weight_decay": 0.0, "schedule": "constant"},
+                "train": {
+                    "steps": a.steps,
+                    "prompts_per_step": a.prompts,
+                    "group_size": a.group,
+                    "mini_batches": 1,
+                    "ppo_epochs": 1,
+                    "grad_clip": 1.0,
+                    "seed": 0,
+                    "device": "cpu",
+                },
+                "checkpoint": {"every": 0, "keep_last": 1, "save_final": False},
+                "logging": {"tensorboard": False, "rollouts_every": 0},
+            }
+        )
         tr = run_training(cfg, quiet=True, step_hook=lambda _t, _s, _m: ends.append(_now()))
     hist = tr.history
     return {
@@ -145,25 +155,48 @@ def _run_trl(a: argparse.Namespace, adapter: bool) -> dict:
     examples = task.train_examples()
     tok = AutoTokenizer.from_pretrained(a.model_dir)
     model = AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=torch.float32)
-    ds = Dataset.from_dict({"prompt": [task.render_prompt(ex, tok) for ex in examples],
-                            "ex_idx": list(range(len(examples)))})
+    ds = Dataset.from_dict(
+        {"prompt": [task.render_prompt(ex, tok) for ex in examples], "ex_idx": list(range(len(examples)))}
+    )
 
     def reward(completions, ex_idx, **kwargs):
         return task.score(completions, [examples[i] for i in ex_idx])
 
     common = dict(
-        per_device_train_batch_size=a.prompts * a.group, num_generations=a.group, gradient_accumulation_steps=1,
-        steps_per_generation=1, num_iterations=1, max_completion_length=a.max_new_tokens, temperature=1.0,
-        top_p=1.0, top_k=0, learning_rate=a.lr, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0,
-        beta=0.0, epsilon=0.2, loss_type="dapo", scale_rewards="group", max_steps=a.steps, logging_steps=1,
-        report_to="none", use_cpu=True, save_strategy="no", seed=0, disable_tqdm=True, bf16=False,
+        per_device_train_batch_size=a.prompts * a.group,
+        num_generations=a.group,
+        gradient_accumulation_steps=1,
+        steps_per_generation=1,
+        num_iterations=1,
+        max_completion_length=a.max_new_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        learning_rate=a.lr,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        beta=0.0,
+        epsilon=0.2,
+        loss_type="dapo",
+        scale_rewards="group",
+        max_steps=a.steps,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+        bf16=False,
     )
     ends = _Ends()
     with tempfile.TemporaryDirectory() as tmp:
         if adapter:
             from rlentropy.integrations.trl import EntropyGRPOConfig, EntropyGRPOTrainer
 
-            args = EntropyGRPOConfig(output_dir=tmp, entropy_control="clip_b", clip_b_mu=2.5, rlentropy_metrics=True, **common)
+            args = EntropyGRPOConfig(
+                output_dir=tmp, entropy_control="clip_b", clip_b_mu=2.5, rlentropy_metrics=True, **common
+            )
             base = EntropyGRPOTrainer
         else:
             from trl import GRPOConfig, GRPOTrainer
@@ -179,12 +212,22 @@ def _run_trl(a: argparse.Namespace, adapter: bool) -> dict:
                 finally:
                     gen_times.append(time.perf_counter() - t0)
 
-        tr = cls(model=model, reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok,
-                 callbacks=[ends.callback])
+        tr = cls(
+            model=model,
+            reward_funcs=reward,
+            args=args,
+            train_dataset=ds,
+            processing_class=tok,
+            callbacks=[ends.callback],
+        )
         tr.train()
     logs = [h for h in tr.state.log_history if "entropy" in h]
-    out = {"ends": ends.ends, "entropy": [h["entropy"] for h in logs],
-           "length": [h["completions/mean_length"] for h in logs], "gen_and_score": gen_times}
+    out = {
+        "ends": ends.ends,
+        "entropy": [h["entropy"] for h in logs],
+        "length": [h["completions/mean_length"] for h in logs],
+        "gen_and_score": gen_times,
+    }
     if adapter:
         out["rlentropy_entropy"] = [h.get("rlentropy/entropy") for h in logs]
         out["frac_removed"] = [h.get("rlentropy/control/frac_removed") for h in logs]
@@ -211,9 +254,28 @@ def _per_step(ends: list[list[float]], warmup: int, col: int) -> float:
 def _spawn(kind: str, a: argparse.Namespace, model_dir: Path, profile: str | None = None) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         out = Path(fh.name)
-    cmd = [sys.executable, __file__, "--worker", kind, "--model-dir", str(model_dir), "--json-out", str(out),
-           "--steps", str(a.steps), "--prompts", str(a.prompts), "--group", str(a.group),
-           "--max-new-tokens", str(a.max_new_tokens), "--lr", str(a.lr), "--threads", str(a.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        kind,
+        "--model-dir",
+        str(model_dir),
+        "--json-out",
+        str(out),
+        "--steps",
+        str(a.steps),
+        "--prompts",
+        str(a.prompts),
+        "--group",
+        str(a.group),
+        "--max-new-tokens",
+        str(a.max_new_tokens),
+        "--lr",
+        str(a.lr),
+        "--threads",
+        str(a.threads),
+    ]
     if profile:
         cmd = [sys.executable, "-m", "cProfile", "-o", profile, *cmd[1:]]
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), TOKENIZERS_PARALLELISM="false")
@@ -225,7 +287,7 @@ def _spawn(kind: str, a: argparse.Namespace, model_dir: Path, profile: str | Non
     res["s_per_step"] = _per_step(res["ends"], a.warmup, 1 if a.clock == "cpu" else 0)
     res["wall_per_step"] = _per_step(res["ends"], a.warmup, 0)
     res["cpu_per_step"] = _per_step(res["ends"], a.warmup, 1)
-    res["gen_per_step"] = statistics.fmean(res["gen_and_score"][a.warmup + 1:])
+    res["gen_per_step"] = statistics.fmean(res["gen_and_score"][a.warmup + 1 :])
     return res
 
 
@@ -234,8 +296,10 @@ def _profile(kind: str, a: argparse.Namespace, model_dir: Path, top: int) -> Non
 
     path = tempfile.mktemp(suffix=".prof")
     res = _spawn(kind, a, model_dir, profile=path)
-    print(f"{kind}: CPU {res['cpu_per_step']:.3f} s/step, wall {res['wall_per_step']:.3f} s/step "
-          "(profiled run; whole process below, by cumulative then by own time)")
+    print(
+        f"{kind}: CPU {res['cpu_per_step']:.3f} s/step, wall {res['wall_per_step']:.3f} s/step "
+        "(profiled run; whole process below, by cumulative then by own time)"
+    )
     pstats.Stats(path).sort_stats("cumulative").print_stats(top)
     pstats.Stats(path).sort_stats("tottime").print_stats(top)
 
@@ -244,14 +308,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--warmup", type=int, default=1, help="steps after the first that are not timed (steps warmup+2.. are timed)")
+    ap.add_argument(
+        "--warmup", type=int, default=1, help="steps after the first that are not timed (steps warmup+2.. are timed)"
+    )
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
-                    help="what the ratios use: CPU seconds of the process (robust on a shared machine) or wall time")
+    ap.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="what the ratios use: CPU seconds of the process (robust on a shared machine) or wall time",
+    )
     ap.add_argument("--model", default=None, help="an HF model directory (default: random shipped-shape policy)")
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     ap.add_argument("--profile", choices=KINDS, default=None, help="cProfile one run of this kind and exit")
@@ -273,14 +343,17 @@ def main() -> None:
             return
         runs: list[dict[str, dict]] = []
         for r in range(a.rounds):
-            order = a.kinds[r % len(a.kinds):] + a.kinds[: r % len(a.kinds)]
+            order = a.kinds[r % len(a.kinds) :] + a.kinds[: r % len(a.kinds)]
             rnd: dict[str, dict] = {}
             for kind in order:
                 rnd[kind] = _spawn(kind, a, model_dir)
-                print(f"round {r + 1} {kind:8s} CPU {rnd[kind]['cpu_per_step']:.3f} s/step  "
-                      f"wall {rnd[kind]['wall_per_step']:.3f} s/step  gen+score {rnd[kind]['gen_per_step']:.3f}  "
-                      f"entropy {statistics.fmean(rnd[kind]['entropy']):.4f}  "
-                      f"length {statistics.fmean(rnd[kind]['length']):.2f}", flush=True)
+                print(
+                    f"round {r + 1} {kind:8s} CPU {rnd[kind]['cpu_per_step']:.3f} s/step  "
+                    f"wall {rnd[kind]['wall_per_step']:.3f} s/step  gen+score {rnd[kind]['gen_per_step']:.3f}  "
+                    f"entropy {statistics.fmean(rnd[kind]['entropy']):.4f}  "
+                    f"length {statistics.fmean(rnd[kind]['length']):.2f}",
+                    flush=True,
+                )
             runs.append(rnd)
     text = _table(runs, a)
     print(text)
@@ -300,7 +373,8 @@ def _table(runs: list[dict[str, dict]], a: argparse.Namespace) -> str:
         f"{platform.machine()}, model: {a.model or 'random Llama, shipped shape (hidden 128, 4 layers)'}; "
         f"ratios use {a.clock} time",
         "",
-        "| run | CPU s/step | wall s/step | steps/s | generate+score(+stats) wall s/step | response length | entropy | Clip_B frac removed |",
+        "| run | CPU s/step | wall s/step | steps/s | generate+score(+stats) wall s/step | response length | entropy "
+        "| Clip_B frac removed |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for k in kinds:
@@ -309,28 +383,39 @@ def _table(runs: list[dict[str, dict]], a: argparse.Namespace) -> str:
         rem = "–"
         if k == "adapter":
             rem = f"{statistics.median(statistics.fmean(r[k]['frac_removed']) for r in runs):.4f}"
-        lines.append(f"| {k} | {med(k, 'cpu_per_step'):.3f} | {med(k, 'wall_per_step'):.3f} | "
-                     f"{1 / med(k, 's_per_step'):.3f} | {med(k, 'gen_per_step'):.3f} | {ln:.2f} | {ent:.4f} | {rem} |")
+        lines.append(
+            f"| {k} | {med(k, 'cpu_per_step'):.3f} | {med(k, 'wall_per_step'):.3f} | "
+            f"{1 / med(k, 's_per_step'):.3f} | {med(k, 'gen_per_step'):.3f} | {ln:.2f} | {ent:.4f} | {rem} |"
+        )
     lines.append("")
     if "ours" in kinds:
         skip = a.warmup + 1
         ph = {k: statistics.median(statistics.fmean(r["ours"]["phases"][k][skip:]) for r in runs) for k in PHASES}
-        lines.append("- ours, wall seconds per step by phase (median over rounds): "
-                     + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in ph.items()))
-    for key, name in (("s_per_step", a.clock), ("wall_per_step" if a.clock == "cpu" else "cpu_per_step",
-                                               "wall" if a.clock == "cpu" else "cpu")):
+        lines.append(
+            "- ours, wall seconds per step by phase (median over rounds): "
+            + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in ph.items())
+        )
+    for key, name in (
+        ("s_per_step", a.clock),
+        ("wall_per_step" if a.clock == "cpu" else "cpu_per_step", "wall" if a.clock == "cpu" else "cpu"),
+    ):
         primary = key == "s_per_step"
         bold = "**" if primary else ""
         if "ours" in kinds and "trl" in kinds:
             ratios = [r["trl"][key] / r["ours"][key] for r in runs]
-            lines.append(f"- throughput ours / TRL, {name} time (median of per-round ratios): "
-                         f"{bold}{statistics.median(ratios):.2f}×{bold} (rounds: {', '.join(f'{x:.2f}' for x in ratios)}"
-                         f"{'; target ≥ 1.5×' if primary else ''})")
+            lines.append(
+                f"- throughput ours / TRL, {name} time (median of per-round ratios): "
+                f"{bold}{statistics.median(ratios):.2f}×{bold} (rounds: {', '.join(f'{x:.2f}' for x in ratios)}"
+                f"{'; target ≥ 1.5×' if primary else ''})"
+            )
         if "adapter" in kinds and "trl" in kinds:
             over = [r["adapter"][key] / r["trl"][key] - 1 for r in runs]
-            lines.append(f"- adapter (Clip_B + metrics) overhead over plain TRL, {name} time (median): "
-                         f"{bold}{100 * statistics.median(over):+.1f} %{bold} (rounds: {', '.join(f'{100 * x:+.1f}' for x in over)}"
-                         f"{'; target ≤ 15 %' if primary else ''})")
+            lines.append(
+                f"- adapter (Clip_B + metrics) overhead over plain TRL, {name} time (median): "
+                f"{bold}{100 * statistics.median(over):+.1f} %{bold} "
+                f"(rounds: {', '.join(f'{100 * x:+.1f}' for x in over)}"
+                f"{'; target ≤ 15 %' if primary else ''})"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -29,7 +29,7 @@ def fast_cfg(tiny_model_dir: Path, tmp_path: Path):
     """A 2-step countdown config on the tiny random model (≈1 s per step on 2 CPU cores)."""
 
     def make(**sections):
-        from rlentropy.train.config import config_from_dict
+        from rlentropy.runs.config import config_from_dict
 
         data = {
             "name": "t",
@@ -112,8 +112,9 @@ def _fresh_accelerate_state():
 
 # Property tests: random exploration on developer machines, a fixed (derandomised) example stream in
 # CI so that a red CI always reproduces locally with `CI=true make test`.
-from hypothesis import settings as _hyp_settings  # noqa: E402
 import os as _os  # noqa: E402
+
+from hypothesis import settings as _hyp_settings  # noqa: E402
 
 _hyp_settings.register_profile("ci", derandomize=True, print_blob=True)
 if _os.environ.get("CI"):

@@ -104,9 +104,7 @@ def test_reinforce_pp_hand_worked():
 
 @settings(max_examples=40, deadline=None)
 @given(
-    data=st.lists(
-        st.tuples(st.integers(0, 5), st.floats(-3, 3, allow_nan=False, width=32)), min_size=2, max_size=24
-    ),
+    data=st.lists(st.tuples(st.integers(0, 5), st.floats(-3, 3, allow_nan=False, width=32)), min_size=2, max_size=24),
     scale=st.sampled_from(["group", "batch", "none"]),
 )
 @example(data=[(0, 1.6875), (0, 1.6875), (0, 1.69140625)], scale="group")  # std ≈ 2e-3: ill-conditioned

@@ -165,7 +165,11 @@ def test_tokenwise_losses_match_reference(seed, name, per_token):
     B, T = 3, 5
     logp64 = -3 * torch.rand(B, T, generator=g, dtype=torch.float64)
     old64 = logp64 + 0.4 * torch.randn(B, T, generator=g, dtype=torch.float64)
-    adv64 = torch.randn(B, T, generator=g, dtype=torch.float64) if per_token else torch.randn(B, generator=g, dtype=torch.float64)
+    adv64 = (
+        torch.randn(B, T, generator=g, dtype=torch.float64)
+        if per_token
+        else torch.randn(B, generator=g, dtype=torch.float64)
+    )
     mask = torch.rand(B, T, generator=g) < 0.8
     lp = logp64.float().requires_grad_(True)
     loss, _ = get_policy_loss(name)(lp, old64.float(), adv64.float(), mask)
@@ -281,7 +285,14 @@ def test_clip_cov_never_selects_ppo_clipped_tokens():
     old[0, 0] -= 1.5
     for seed in range(20):
         loss, m = clip_cov(
-            logp, old, adv, mask, eps_low=0.2, eps_high=0.2, clip_cov_ratio=1.0, generator=torch.Generator().manual_seed(seed)
+            logp,
+            old,
+            adv,
+            mask,
+            eps_low=0.2,
+            eps_high=0.2,
+            clip_cov_ratio=1.0,
+            generator=torch.Generator().manual_seed(seed),
         )
         assert m["candidates"].item() == 1 and loss[0, 3] == 0 and loss[0, 0] != 0
 

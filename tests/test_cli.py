@@ -12,9 +12,7 @@ from rlentropy.errors import ConfigError
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rlentropy.cli", *args], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-m", "rlentropy.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_help_lists_subcommands():

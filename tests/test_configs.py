@@ -9,13 +9,16 @@ import torch
 
 from rlentropy.algorithms import clip_b_mask, clip_v_mask, get_policy_loss
 from rlentropy.data import build_task
-from rlentropy.train.config import load_config
+from rlentropy.runs.config import load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 MINE = {
-    "clipb_qwen2.5-7b-instruct_dapo.yaml", "clipv_qwen2.5-7b-instruct_dapo.yaml",
-    "clipcov_qwen2.5-7b_dapo.yaml", "klcov_qwen2.5-7b_dapo.yaml",
-    "grpo_qwen2.5-1.5b_lora_gsm8k_r1.yaml", "smollm2-135m_gsm8k_cpu.yaml",
+    "clipb_qwen2.5-7b-instruct_dapo.yaml",
+    "clipv_qwen2.5-7b-instruct_dapo.yaml",
+    "clipcov_qwen2.5-7b_dapo.yaml",
+    "klcov_qwen2.5-7b_dapo.yaml",
+    "grpo_qwen2.5-1.5b_lora_gsm8k_r1.yaml",
+    "smollm2-135m_gsm8k_cpu.yaml",
 }
 
 

@@ -9,8 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rlentropy.data import DataConfig, build_task
-from rlentropy.data import loaders
+from rlentropy.data import DataConfig, build_task, loaders
 from rlentropy.data.templates import (
     DAPO_HEAD,
     TEMPLATES,
@@ -39,8 +38,14 @@ def _task(name: str, template: str, pool) -> object:
 
 
 # --------------------------------------------------------------------------------------------- bundled data
-EXPECTED_COUNTS = {"gsm8k": (7473, 1319), "math500": (None, 500), "aime24": (None, 30),
-                   "aime25": (None, 30), "amc23": (None, 40), "dapo": (17917 - 500 - 31, 500)}
+EXPECTED_COUNTS = {
+    "gsm8k": (7473, 1319),
+    "math500": (None, 500),
+    "aime24": (None, 30),
+    "aime25": (None, 30),
+    "amc23": (None, 40),
+    "dapo": (17917 - 500 - 31, 500),
+}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_COUNTS))
@@ -87,7 +92,8 @@ def test_dapo_validation_split_is_fixed_and_disjoint():
     assert {e.id for e in other} != held_ids
     # The order is a sha256 of "<seed>:<id>": platform- and version-independent. Pin the first id.
     assert loaders.stable_order(["a", "b", "c"], 0) == sorted(
-        range(3), key=lambda i: __import__("hashlib").sha256(f"0:{'abc'[i]}".encode()).hexdigest())
+        range(3), key=lambda i: __import__("hashlib").sha256(f"0:{'abc'[i]}".encode()).hexdigest()
+    )
 
 
 def test_math_suite_is_the_clip_eval_sets():
@@ -156,18 +162,36 @@ def test_invalid_json_and_non_utf8(tmp_path):
 
 def test_parquet_with_dotted_fields_and_answer_formats(tmp_path):
     rows = [
-        {"prompt": [{"role": "user", "content": dapo_wrap(f"What is {i}+{i}?")}],
-         "reward_model": {"ground_truth": f"#### {2 * i:,}"}, "extra_info": {"index": 100 + i}}
+        {
+            "prompt": [{"role": "user", "content": dapo_wrap(f"What is {i}+{i}?")}],
+            "reward_model": {"ground_truth": f"#### {2 * i:,}"},
+            "extra_info": {"index": 100 + i},
+        }
         for i in range(600, 620)
     ]
     path = tmp_path / "v.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
-    ex, _ = loaders.load_file(path, question_field="prompt.0.content", answer_field="reward_model.ground_truth",
-                              id_field="extra_info.index", answer_format="gsm8k", unwrap=dapo_unwrap)
+    ex, _ = loaders.load_file(
+        path,
+        question_field="prompt.0.content",
+        answer_field="reward_model.ground_truth",
+        id_field="extra_info.index",
+        answer_format="gsm8k",
+        unwrap=dapo_unwrap,
+    )
     assert ex[0].id == "700" and ex[0].question == "What is 600+600?" and ex[0].answer == "1200"
-    task = build_task(DataConfig(task="file", path=str(path), params={
-        "question_field": "prompt.0.content", "answer_field": "reward_model.ground_truth",
-        "answer_format": "gsm8k", "eval_size": 5}))
+    task = build_task(
+        DataConfig(
+            task="file",
+            path=str(path),
+            params={
+                "question_field": "prompt.0.content",
+                "answer_field": "reward_model.ground_truth",
+                "answer_format": "gsm8k",
+                "eval_size": 5,
+            },
+        )
+    )
     tr, ev = task.train_examples(), task.eval_examples()
     assert len(tr) == 15 and len(ev) == 5 and not {e.id for e in tr} & {e.id for e in ev}
 
@@ -198,8 +222,11 @@ def test_hf_source_uses_hub_field_mapping(monkeypatch):
 
     def fake(name, config, split):
         calls.append((name, config, split))
-        row = {"prompt": [{"content": dapo_wrap("Q?"), "role": "user"}],
-               "reward_model": {"ground_truth": "7"}, "extra_info": {"index": 3}}
+        row = {
+            "prompt": [{"content": dapo_wrap("Q?"), "role": "user"}],
+            "reward_model": {"ground_truth": "7"},
+            "extra_info": {"index": 3},
+        }
         return [(i, row) for i in range(1, 4)]  # the hub copy repeats prompts: deduplicated
 
     monkeypatch.setattr(loaders, "load_hf_rows", fake)
@@ -229,10 +256,12 @@ def test_templates_render_exactly():
         "Question: What is 2+3?\nResponse: <think>"
     )
     assert get_template("plain").render(q) == (
-        "Question: What is 2+3?\nPlease reason step by step, and put your final answer within \\boxed{}.\nAnswer:")
+        "Question: What is 2+3?\nPlease reason step by step, and put your final answer within \\boxed{}.\nAnswer:"
+    )
     assert get_template("chat").render(q, _ChatTok()) == (
         "<|im_start|>user\nWhat is 2+3?\nPlease reason step by step, and put your final answer within "
-        "\\boxed{}.<|im_end|>\n<|im_start|>assistant\n")
+        "\\boxed{}.<|im_end|>\n<|im_start|>assistant\n"
+    )
     dapo = get_template("dapo")
     assert dapo.render(q) == DAPO_HEAD + q + '\n\nRemember to put your answer on its own line after "Answer:".\n'
     assert dapo.render(q, _ChatTok()).startswith("<|im_start|>user\nSolve the following math problem")
@@ -258,8 +287,9 @@ def test_dapo_wrapper_restores_upstream_prompts_exactly():
 
 # --------------------------------------------------------------------------------------------- golds verify
 GOLD_SETS = {
-    "gsm8k": lambda: (build_task(DataConfig(task="gsm8k")).train_examples()
-                      + build_task(DataConfig(task="gsm8k")).eval_examples()),
+    "gsm8k": lambda: (
+        build_task(DataConfig(task="gsm8k")).train_examples() + build_task(DataConfig(task="gsm8k")).eval_examples()
+    ),
     "math500": lambda: build_task(DataConfig(task="math500")).eval_examples(),
     "aime24": lambda: build_task(DataConfig(task="aime24")).eval_examples(),
     "aime25": lambda: build_task(DataConfig(task="aime25")).eval_examples(),
@@ -287,8 +317,11 @@ def test_wrong_answers_score_zero(dataset, pool):
     task = _task("gsm8k", "chat", pool)
     # Each example gets the next example's gold, when that is a different answer. ("x=5" for gold
     # "5" is the same answer to math-verify, rightly: such pairs are left out.)
-    pairs = [(e, nxt.answer) for e, nxt in zip(examples, examples[1:] + examples[:1])
-             if nxt.answer != e.answer and nxt.answer.split("=")[-1].strip() != e.answer]
+    pairs = [
+        (e, nxt.answer)
+        for e, nxt in zip(examples, examples[1:] + examples[:1])
+        if nxt.answer != e.answer and nxt.answer.split("=")[-1].strip() != e.answer
+    ]
     assert len(pairs) > 0.5 * len(examples) or len(examples) < 60
     rewards = task.score([TEMPLATES["chat"].format_answer(a) for _, a in pairs], [e for e, _ in pairs])
     wrong = [(e.answer, a) for (e, a), r in zip(pairs, rewards) if r != 0.0]

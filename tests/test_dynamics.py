@@ -97,7 +97,12 @@ def test_theorem_3_3_single_position_matches_real_entropy_change():
     dz = alpha * adv[:, None] * (torch.nn.functional.one_hot(k, 50).to(F64) - p)  # [N, V]
     measured = _entropy(z + dz) - h  # [N]
     dh, _ = token_pressure(
-        s_k[None], s_bar[None], adv[None], torch.ones(1, 20, dtype=F64), token_weights=torch.ones(1, 20, dtype=F64), lr=alpha
+        s_k[None],
+        s_bar[None],
+        adv[None],
+        torch.ones(1, 20, dtype=F64),
+        token_weights=torch.ones(1, 20, dtype=F64),
+        lr=alpha,
     )
     # residual is O(α²): relative to α it must be tiny
     assert (measured - dh[0]).abs().max().item() / alpha < 1e-4
@@ -233,7 +238,9 @@ def test_logp_advantage_covariance_matches_reference():
     prods = (x - x.mean()) * (y - y.mean())
     assert m["cov_q0"].item() == pytest.approx(prods.min().item(), rel=1e-12)
     assert m["cov_q1"].item() == pytest.approx(prods.max().item(), rel=1e-12)
-    assert m["cov_q0.5"].item() == pytest.approx(prods.median().item() if prods.numel() % 2 else torch.quantile(prods, 0.5).item(), rel=1e-12)
+    assert m["cov_q0.5"].item() == pytest.approx(
+        prods.median().item() if prods.numel() % 2 else torch.quantile(prods, 0.5).item(), rel=1e-12
+    )
     assert m["corr"].item() == pytest.approx(torch.corrcoef(torch.stack([x, y]))[0, 1].item(), rel=1e-10)
     assert (cov_tok[mask == 0] == 0).all()
 
@@ -331,8 +338,11 @@ def _synthetic_gns(seed: int, weights: torch.Tensor, n_micro: int, dim: int, sig
         ess.append(effective_sample_size(w))
     total = torch.stack(incs).sum(0) / weights.sum()
     _, m = noise_scale(
-        torch.stack(sq), torch.stack(ws), torch.stack(ess),
-        total_sq_norm=total.pow(2).sum(), total_ess=effective_sample_size(weights),
+        torch.stack(sq),
+        torch.stack(ws),
+        torch.stack(ess),
+        total_sq_norm=total.pow(2).sum(),
+        total_ess=effective_sample_size(weights),
     )
     return m
 
@@ -359,16 +369,22 @@ def test_noise_scale_recovers_known_noise(weighted):
 
 def test_noise_scale_needs_two_micro_batches_and_ess():
     _, m = noise_scale(
-        torch.tensor([1.0], dtype=F64), torch.tensor([1.0], dtype=F64), torch.tensor([4.0], dtype=F64),
-        total_sq_norm=torch.tensor(1.0, dtype=F64), total_ess=torch.tensor(4.0, dtype=F64),
+        torch.tensor([1.0], dtype=F64),
+        torch.tensor([1.0], dtype=F64),
+        torch.tensor([4.0], dtype=F64),
+        total_sq_norm=torch.tensor(1.0, dtype=F64),
+        total_ess=torch.tensor(4.0, dtype=F64),
     )
     assert math.isnan(m["b_simple"].item())
     # effective sample size: weights (1, 1, 2) → 16 / 6
     assert effective_sample_size(torch.tensor([1.0, 1.0, 2.0])).item() == pytest.approx(16 / 6)
     with pytest.raises(ValueError, match="micro_weights"):
         noise_scale(
-            torch.ones(2), torch.tensor([1.0, 0.0]), torch.ones(2),
-            total_sq_norm=torch.tensor(1.0), total_ess=torch.tensor(2.0),
+            torch.ones(2),
+            torch.tensor([1.0, 0.0]),
+            torch.ones(2),
+            total_sq_norm=torch.tensor(1.0),
+            total_ess=torch.tensor(2.0),
         )
 
 
@@ -376,8 +392,11 @@ def test_noise_scale_equal_batches_is_mccandlish_two_batch_formula():
     # k micro-batches of b samples, B = k·b: trΣ = (mean|G_b|² − |G_B|²) / (1/b − 1/B)
     sq = torch.tensor([5.0, 7.0, 6.0], dtype=F64)
     _, m = noise_scale(
-        sq, torch.full((3,), 1 / 3, dtype=F64), torch.full((3,), 4.0, dtype=F64),
-        total_sq_norm=torch.tensor(3.0, dtype=F64), total_ess=torch.tensor(12.0, dtype=F64),
+        sq,
+        torch.full((3,), 1 / 3, dtype=F64),
+        torch.full((3,), 4.0, dtype=F64),
+        total_sq_norm=torch.tensor(3.0, dtype=F64),
+        total_ess=torch.tensor(12.0, dtype=F64),
     )
     tr = (6.0 - 3.0) / (1 / 4 - 1 / 12)  # = 18
     gsq = (12 * 3.0 - 4 * 6.0) / (12 - 4)  # = 1.5

@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytest
 import torch
@@ -78,15 +79,32 @@ def test_evaluate_model_numbers(tiny):
     metrics, samples = evaluate_model(model, tok, task, n=n, temperature=T, top_p=1.0, max_new_tokens=5, seed=7)
     assert len(samples) == 3 * n
     assert [(s["prompt_index"], s["sample_index"]) for s in samples] == [(p, i) for p in range(3) for i in range(n)]
-    for key in ("pass@1", "pass@2", "pass@4", "pass@6", "avg@6", "maj@1", "maj@2", "maj@4", "maj@6",
-                "entropy", "surprisal", "response_len", "format_valid", "truncated", "reward_mean"):
+    for key in (
+        "pass@1",
+        "pass@2",
+        "pass@4",
+        "pass@6",
+        "avg@6",
+        "maj@1",
+        "maj@2",
+        "maj@4",
+        "maj@6",
+        "entropy",
+        "surprisal",
+        "response_len",
+        "format_valid",
+        "truncated",
+        "reward_mean",
+    ):
         assert key in metrics, key
     # a mix of right and wrong samples, so the metrics below are not trivially 0 or 1
     assert 0 < sum(s["correct"] for s in samples) < len(samples)
 
     # pass@k / avg / maj recomputed from the sample records with the task's own answer normalisation
-    answers = [[samples[p * n + i]["answer"].lower() if samples[p * n + i]["answer"] else None for i in range(n)]
-               for p in range(3)]
+    answers = [
+        [samples[p * n + i]["answer"].lower() if samples[p * n + i]["answer"] else None for i in range(n)]
+        for p in range(3)
+    ]
     correct = [[1.0 if samples[p * n + i]["correct"] else 0.0 for i in range(n)] for p in range(3)]
     ref = sample_metrics(answers, correct)
     for k, v in ref.items():
@@ -132,8 +150,9 @@ def test_evaluate_model_on_countdown_chunks(tiny):
     """A registered task, max_prompts, several generate chunks (batch_size 4 -> 2 prompts per chunk)."""
     model, tok = tiny
     task = build_task(DataConfig(task="countdown"), for_eval=True)
-    metrics, samples = evaluate_model(model, tok, task, n=2, temperature=1.0, top_p=1.0, max_new_tokens=6,
-                                      max_prompts=5, batch_size=4)
+    metrics, samples = evaluate_model(
+        model, tok, task, n=2, temperature=1.0, top_p=1.0, max_new_tokens=6, max_prompts=5, batch_size=4
+    )
     assert metrics["num_prompts"] == 5 and len(samples) == 10
     assert {s["example_id"] for s in samples} == {ex.id for ex in task.eval_examples()[:5]}
     assert all(s["gold"] == task.eval_examples()[s["prompt_index"]].answer for s in samples)
@@ -143,15 +162,20 @@ def test_evaluate_model_on_countdown_chunks(tiny):
 # ------------------------------------------------------------------------------ run directories
 def _make_run(root: Path, model_dir: Path) -> Path:
     from rlentropy.models.tiny import make_random_tiny_policy
-    from rlentropy.train.checkpoint import save_checkpoint
-    from rlentropy.train.config import config_from_dict, dump_config
+    from rlentropy.runs.checkpoints import save_checkpoint
+    from rlentropy.runs.config import config_from_dict, dump_config
 
     run = root / "run"
-    cfg = config_from_dict({
-        "name": "evaltest", "run_dir": str(run), "model": {"path": str(model_dir)},
-        "data": {"task": "countdown", "max_eval": 3}, "rollout": {"max_new_tokens": 5},
-        "train": {"device": "cpu"},
-    })
+    cfg = config_from_dict(
+        {
+            "name": "evaltest",
+            "run_dir": str(run),
+            "model": {"path": str(model_dir)},
+            "data": {"task": "countdown", "max_eval": 3},
+            "rollout": {"max_new_tokens": 5},
+            "train": {"device": "cpu"},
+        }
+    )
     run.mkdir()
     (run / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
     for step, seed in ((2, 11), (4, 12)):
@@ -169,8 +193,16 @@ def test_eval_run_writes_files_and_resumes(tiny_model_dir, tmp_path):
         d = run / "eval" / f"step_{step}"
         rec = json.loads((d / "metrics.json").read_text())
         assert rec["step"] == step
-        assert rec["settings"] == {"task": "countdown", "dataset": None, "n": 2, "temperature": 0.7, "top_p": 1.0,
-                                   "max_new_tokens": 5, "max_prompts": None, "seed": 0}
+        assert rec["settings"] == {
+            "task": "countdown",
+            "dataset": None,
+            "n": 2,
+            "temperature": 0.7,
+            "top_p": 1.0,
+            "max_new_tokens": 5,
+            "max_prompts": None,
+            "seed": 0,
+        }
         with gzip.open(d / "samples.jsonl.gz", "rt") as fh:
             rows = [json.loads(line) for line in fh]
         assert len(rows) == 3 * 2  # max_eval 3 prompts × n 2

@@ -122,8 +122,13 @@ def test_sample_metrics_keys_and_values():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.booleans()), min_size=6, max_size=6),
-                min_size=1, max_size=4))
+@given(
+    st.lists(
+        st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.booleans()), min_size=6, max_size=6),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_properties(rows):
     answers = [[a for a, _ in row] for row in rows]
     correct = [[1.0 if c else 0.0 for _, c in row] for row in rows]

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlentropy.models.forward import body_and_head, policy_token_stats, policy_token_stats_chunked, position_ids_from_mask
+from rlentropy.models.forward import (
+    body_and_head,
+    policy_token_stats,
+    policy_token_stats_chunked,
+    position_ids_from_mask,
+)
 from rlentropy.rollout.base import RolloutBatch
 
 
@@ -31,8 +36,14 @@ def _batch(vocab: int, seed: int = 1) -> tuple[RolloutBatch, list[list[int]], li
         ids[i, P : P + len(r)] = torch.tensor(r)
         att[i, P : P + len(r)] = 1
         rmask[i, : len(r)] = 1
-    batch = RolloutBatch(input_ids=ids, attention_mask=att, response_mask=rmask, prompt_len=P,
-                         sampler_logp=torch.zeros(3, T), group_ids=torch.tensor([0, 0, 1]))
+    batch = RolloutBatch(
+        input_ids=ids,
+        attention_mask=att,
+        response_mask=rmask,
+        prompt_len=P,
+        sampler_logp=torch.zeros(3, T),
+        group_ids=torch.tensor([0, 0, 1]),
+    )
     return batch, prompts, resps
 
 

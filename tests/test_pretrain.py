@@ -74,8 +74,9 @@ def test_encode_sft_batch_masks_prompt_and_padding():
     assert labels[1].tolist() == [-100] * 3 + [ids[1, 3].item(), 2] + [-100] * 3
 
 
-TINY_RECIPE = PretrainConfig(steps=3, batch_size=8, warmup=1, train_size=300, eval_samples=2, eval_prompts=4,
-                             max_new_tokens=6)
+TINY_RECIPE = PretrainConfig(
+    steps=3, batch_size=8, warmup=1, train_size=300, eval_samples=2, eval_prompts=4, max_new_tokens=6
+)
 
 
 def test_pretrain_is_deterministic_and_loadable(tmp_path):
@@ -110,8 +111,15 @@ def test_cli_pretrain_runs_the_recipe(tmp_path, monkeypatch, capsys):
 
 def test_shipped_policy_files_and_loading():
     path = shipped_policy_path()
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "generation_config.json", "README.md", "pretrain_metrics.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "README.md",
+        "pretrain_metrics.json",
+    ):
         assert (path / name).is_file(), name
     assert (path / "model.safetensors").stat().st_size <= 20 * 2**20
     model, tok = load_shipped_policy()

@@ -42,8 +42,12 @@ def _batch(seed: int) -> RolloutBatch:
     att[:, P:] = rm.long()
     ids[:, P:][rm == 0] = 0
     return RolloutBatch(
-        input_ids=ids, attention_mask=att, response_mask=rm, prompt_len=P,
-        sampler_logp=torch.zeros(B, T), group_ids=torch.arange(B) // 2,
+        input_ids=ids,
+        attention_mask=att,
+        response_mask=rm,
+        prompt_len=P,
+        sampler_logp=torch.zeros(B, T),
+        group_ids=torch.arange(B) // 2,
     )
 
 
@@ -73,8 +77,17 @@ def _step(model, opt, probe, *, lr, batch, probe_batch, micro=2, step=0, per_seq
     metrics = {}
     if probe.active(step):
         metrics |= probe.before_update(
-            step, model=model, batch=batch, old_stats=old, advantages=adv, loss_mask=batch.response_mask,
-            token_weights=w, lr=lr, optimizer=opt, sample_probe_batch=lambda: probe_batch, temperature=1.0,
+            step,
+            model=model,
+            batch=batch,
+            old_stats=old,
+            advantages=adv,
+            loss_mask=batch.response_mask,
+            token_weights=w,
+            lr=lr,
+            optimizer=opt,
+            sample_probe_batch=lambda: probe_batch,
+            temperature=1.0,
         )
     for j in range(mini_batches):
         opt.zero_grad(set_to_none=True)
@@ -152,7 +165,9 @@ def test_fisher_kernel_equals_explicit_sequence_gradients(tmp_path, metric):
     ref_model = copy.deepcopy(model)
     opt = (torch.optim.SGD if metric == "identity" else torch.optim.AdamW)(model.parameters(), lr=1e-3)
     probe = DynamicsProbe(
-        ProbesConfig(every=1, fisher_every=1, fisher_sequences=4, fisher_metric=metric, step_probe=False, logit_check=False),
+        ProbesConfig(
+            every=1, fisher_every=1, fisher_sequences=4, fisher_metric=metric, step_probe=False, logit_check=False
+        ),
         run_dir=tmp_path,
     )
     m = _step(model, opt, probe, lr=1e-3, batch=_batch(1), probe_batch=_batch(2))
@@ -192,13 +207,22 @@ def test_gns_uses_the_micro_batch_gradients_of_the_step(tmp_path, per_seq_weight
         rows = [lo, lo + 1]
         st = policy_token_stats(ref_model, batch.select(rows), with_grad=True)
         g = torch.autograd.grad(-(w[rows] * adv[rows] * st.logp).sum(), params, allow_unused=True)
-        incs.append(torch.cat([(torch.zeros(p.numel()) if gi is None else gi.reshape(-1)) for p, gi in zip(params, g)]).double())
+        incs.append(
+            torch.cat([(torch.zeros(p.numel()) if gi is None else gi.reshape(-1)) for p, gi in zip(params, g)]).double()
+        )
         ws.append(seq_w[rows].sum())
-        ess.append(effective_sample_size(seq_w[rows]) if per_seq_weight else effective_sample_size(seq_w) * seq_w[rows].sum() / seq_w.sum())
+        ess.append(
+            effective_sample_size(seq_w[rows])
+            if per_seq_weight
+            else effective_sample_size(seq_w) * seq_w[rows].sum() / seq_w.sum()
+        )
     total = torch.stack(incs).sum(0) / seq_w.sum()
     _, ref = noise_scale(
-        torch.stack([(i / wi).pow(2).sum() for i, wi in zip(incs, ws)]), torch.stack(ws), torch.stack(ess),
-        total_sq_norm=total.pow(2).sum(), total_ess=effective_sample_size(seq_w),
+        torch.stack([(i / wi).pow(2).sum() for i, wi in zip(incs, ws)]),
+        torch.stack(ws),
+        torch.stack(ess),
+        total_sq_norm=total.pow(2).sum(),
+        total_ess=effective_sample_size(seq_w),
     )
     assert m["probe/gns_micro_batches"] == 4.0
     assert m["probe/gns_ess"] == pytest.approx(ref["ess"].item(), rel=1e-6)
@@ -241,9 +265,16 @@ def test_active_schedule_config_and_errors(tmp_path):
     batch = _batch(1)
     with pytest.raises(ConfigError, match="probe_batch"):
         probe.before_update(
-            0, model=model, batch=batch, old_stats=policy_token_stats(model, batch), advantages=_advantages(batch),
-            loss_mask=batch.response_mask, token_weights=batch.response_mask / batch.response_mask.sum(), lr=1e-3,
-            optimizer=opt, sample_probe_batch=None,
+            0,
+            model=model,
+            batch=batch,
+            old_stats=policy_token_stats(model, batch),
+            advantages=_advantages(batch),
+            loss_mask=batch.response_mask,
+            token_weights=batch.response_mask / batch.response_mask.sum(),
+            lr=1e-3,
+            optimizer=opt,
+            sample_probe_batch=None,
         )
     probe_adam = DynamicsProbe(ProbesConfig(every=1, fisher_every=1, fisher_metric="adam"), run_dir=None)
     with pytest.raises(ConfigError, match="fisher_metric"):

@@ -34,15 +34,29 @@ def tiny_qwen2_dir(tmp_path_factory) -> Path:
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                  bos_token=None)
+    bpe.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None
+    )
     tok.chat_template = CHATML
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
-                      tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      bos_token_id=None)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+    )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(cfg)
     model.generation_config.eos_token_id = tok.eos_token_id
@@ -53,19 +67,21 @@ def tiny_qwen2_dir(tmp_path_factory) -> Path:
 
 
 def _gsm8k_cfg(model_path: str, run_dir: Path, **model_extra):
-    from rlentropy.train.config import config_from_dict
+    from rlentropy.runs.config import config_from_dict
 
-    return config_from_dict({
-        "name": "gsm8k-e2e",
-        "run_dir": str(run_dir),
-        "model": {"path": model_path, "dtype": "float32", **model_extra},
-        "data": {"task": "gsm8k", "template": "chat", "max_train": 8, "max_eval": 4},
-        "rollout": {"max_new_tokens": 8, "temperature": 1.0},
-        "optim": {"lr": 1e-4, "weight_decay": 0.0},
-        "train": {"steps": 2, "prompts_per_step": 2, "group_size": 2, "seed": 0, "device": "cpu"},
-        "checkpoint": {"every": 0, "keep_last": 1, "save_final": False},
-        "logging": {"tensorboard": False, "rollouts_every": 1},
-    })
+    return config_from_dict(
+        {
+            "name": "gsm8k-e2e",
+            "run_dir": str(run_dir),
+            "model": {"path": model_path, "dtype": "float32", **model_extra},
+            "data": {"task": "gsm8k", "template": "chat", "max_train": 8, "max_eval": 4},
+            "rollout": {"max_new_tokens": 8, "temperature": 1.0},
+            "optim": {"lr": 1e-4, "weight_decay": 0.0},
+            "train": {"steps": 2, "prompts_per_step": 2, "group_size": 2, "seed": 0, "device": "cpu"},
+            "checkpoint": {"every": 0, "keep_last": 1, "save_final": False},
+            "logging": {"tensorboard": False, "rollouts_every": 1},
+        }
+    )
 
 
 def _rollouts(run_dir: Path, step: int) -> list[dict]:
@@ -89,7 +105,7 @@ def test_tiny_qwen2_two_grpo_steps_on_gsm8k(tiny_qwen2_dir, tmp_path):
     gsm = {e.question: e for e in build_task(cfg.data).train_examples()}
     for r in rows:
         assert r["prompt"].startswith("<|im_start|>user\n") and r["prompt"].endswith("<|im_start|>assistant\n")
-        q = r["prompt"][len("<|im_start|>user\n"):].split("\nPlease reason step by step")[0]
+        q = r["prompt"][len("<|im_start|>user\n") :].split("\nPlease reason step by step")[0]
         assert q in gsm
     # The same task scores a correct completion 1 (the reward path is live, not constant).
     task = trainer.task
@@ -107,8 +123,11 @@ def test_smollm2_gguf_lora_steps_and_token_stats(tmp_path):
     from rlentropy.train.run import run_training
 
     resolve_gguf("smollm2-135m")  # ConfigError with the pip command when the package is missing
-    cfg = _gsm8k_cfg("smollm2-135m", tmp_path / "run",
-                     lora={"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    cfg = _gsm8k_cfg(
+        "smollm2-135m",
+        tmp_path / "run",
+        lora={"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+    )
     trainer = run_training(cfg, quiet=True)
     assert len(trainer.history) == 2
     assert all(0.0 <= m["reward/mean"] <= 1.0 for m in trainer.history)

@@ -24,9 +24,19 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 ALL_PANELS = ("entropy", "reward", "pass_at_k", "controls", "delta_h", "quadrants", "s_hist", "r_vs_h", "fisher")
 
 
-def make_run(root: Path, name: str, *, steps: int = 30, seed: int = 0, probes: bool = True, control: str = "clip_b",
-             evals: bool = True, truncated: bool = False, nan_step: int | None = None,
-             quad_scale: float = 0.004) -> Path:
+def make_run(
+    root: Path,
+    name: str,
+    *,
+    steps: int = 30,
+    seed: int = 0,
+    probes: bool = True,
+    control: str = "clip_b",
+    evals: bool = True,
+    truncated: bool = False,
+    nan_step: int | None = None,
+    quad_scale: float = 0.004,
+) -> Path:
     """A run directory with realistic files: config.yaml, metrics.jsonl, eval/, dynamics/."""
     rng = np.random.default_rng(seed)
     run = root / name
@@ -61,16 +71,27 @@ def make_run(root: Path, name: str, *, steps: int = 30, seed: int = 0, probes: b
         lines.append(json.dumps(rec))
     text = "\n".join(lines) + "\n"
     if truncated:
-        text += '{"step": %d, "entropy/me' % (steps + 1)
+        text += f'{{"step": {steps + 1}, "entropy/me'
     (run / "metrics.jsonl").write_text(text, encoding="utf-8")
     if evals:
         for step in (0, 10, 20, 30):
             acc = 0.2 + 0.01 * step
-            metrics = {"pass@1": acc, "pass@2": acc * 1.5, "pass@4": min(1.0, acc * 2), "avg@4": acc,
-                       "maj@1": acc, "maj@2": acc, "maj@4": acc * 1.1, "entropy": 0.8 - 0.01 * step,
-                       "surprisal": 0.9, "response_len": 7.0, "format_valid": 1.0}
-            save_eval_result(run, step, metrics, [{"prompt_index": 0, "completion": "1+2"}],
-                             settings={"task": "countdown", "n": 4})
+            metrics = {
+                "pass@1": acc,
+                "pass@2": acc * 1.5,
+                "pass@4": min(1.0, acc * 2),
+                "avg@4": acc,
+                "maj@1": acc,
+                "maj@2": acc,
+                "maj@4": acc * 1.1,
+                "entropy": 0.8 - 0.01 * step,
+                "surprisal": 0.9,
+                "response_len": 7.0,
+                "format_valid": 1.0,
+            }
+            save_eval_result(
+                run, step, metrics, [{"prompt_index": 0, "completion": "1+2"}], settings={"task": "countdown", "n": 4}
+            )
     if probes:
         (run / "dynamics").mkdir()
         for step in range(5, steps + 1, 5):
@@ -78,8 +99,12 @@ def make_run(root: Path, name: str, *, steps: int = 30, seed: int = 0, probes: b
             mask = (rng.random((B, T)) < 0.8).astype(np.float32)
             s = (rng.standard_normal((B, T)) * 0.1 - 0.05 * step / steps).astype(np.float32)
             s_bar = (rng.standard_normal((B, T)) * 0.05).astype(np.float32)
-            arrays = {"S": s, "s_bar": s_bar, "loss_mask": mask,
-                      "advantages": rng.standard_normal((B, T)).astype(np.float32)}
+            arrays = {
+                "S": s,
+                "s_bar": s_bar,
+                "loss_mask": mask,
+                "advantages": rng.standard_normal((B, T)).astype(np.float32),
+            }
             if step == steps:
                 g = rng.standard_normal((8, 20))
                 arrays["fisher_kernel"] = (g @ g.T).astype(np.float32)
@@ -107,8 +132,19 @@ def test_report_two_runs_has_every_panel(two_runs, tmp_path):
     assert 'id="omitted"' not in html
     pngs = sorted(p.name for p in (tmp_path / "cmp" / "plots").glob("*.png"))
     # s_hist and fisher are per run; only run a has dynamics
-    assert pngs == sorted(["entropy.png", "reward.png", "pass_at_k.png", "controls.png", "delta_h.png",
-                           "quadrants.png", "s_hist_clipb.png", "r_vs_h.png", "fisher_clipb.png"])
+    assert pngs == sorted(
+        [
+            "entropy.png",
+            "reward.png",
+            "pass_at_k.png",
+            "controls.png",
+            "delta_h.png",
+            "quadrants.png",
+            "s_hist_clipb.png",
+            "r_vs_h.png",
+            "fisher_clipb.png",
+        ]
+    )
     # self-contained: every image is inline base64, nothing is fetched
     imgs = re.findall(r'<img [^>]*src="([^"]+)"', html)
     assert len(imgs) == len(pngs)
@@ -129,7 +165,10 @@ def test_report_omits_absent_panels_with_a_note(two_runs, tmp_path):
     for key in ("pass_at_k", "controls", "delta_h", "quadrants", "s_hist", "fisher"):
         assert f'id="note-{key}"' in html
     assert sorted(p.name for p in (tmp_path / "only_b" / "plots").glob("*.png")) == [
-        "entropy.png", "r_vs_h.png", "reward.png"]
+        "entropy.png",
+        "r_vs_h.png",
+        "reward.png",
+    ]
 
 
 def test_default_output_is_the_first_run(tmp_path):
@@ -251,8 +290,10 @@ def chromium():
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         apt = shutil.which("apt-get")
         if apt is None or os.geteuid() != 0:
-            pytest.skip("chromium is not installed and apt-get cannot install it here (needs Debian and root): "
-                        "run `apt-get install -y chromium chromium-driver`")
+            pytest.skip(
+                "chromium is not installed and apt-get cannot install it here (needs Debian and root): "
+                "run `apt-get install -y chromium chromium-driver`"
+            )
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         cmd = [apt, "install", "-y", "-q", "-o", "DPkg::Lock::Timeout=300", "chromium", "chromium-driver"]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
@@ -274,8 +315,15 @@ def test_report_opens_in_headless_chromium(two_runs, tmp_path, chromium, monkeyp
     path = write_report(list(two_runs), tmp_path / "browser")
     opts = Options()
     opts.binary_location = str(browser)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1300,2000", "--disable-extensions", "--no-first-run"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1300,2000",
+        "--disable-extensions",
+        "--no-first-run",
+    ):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=str(driver_path)), options=opts)
     try:

@@ -104,8 +104,11 @@ def test_top_p_distribution_and_logp(policy, engine):
     gen = HFGenerator(model, tok, max_new_tokens=8, temperature=0.9, top_p=0.6, engine=engine)
     batch = gen.generate(PROMPTS, None, 3, seed=1)
     with torch.no_grad():
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       position_ids=position_ids_from_mask(batch.attention_mask)).logits
+        logits = model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=position_ids_from_mask(batch.attention_mask),
+        ).logits
     P = batch.prompt_len
     z = top_p_filter(logits[:, P - 1 : -1].double() / 0.9, 0.6)  # [B, T, V] renormalised nucleus
     ref = torch.log_softmax(z, -1).gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1) * batch.response_mask
@@ -227,14 +230,16 @@ def test_model_generation_config_does_not_leak(policy, engine):
     # them, so log-probs still match the plain temperature softmax.
     model, tok = policy
     old = model.generation_config
-    model.generation_config = old.__class__(top_k=1, repetition_penalty=3.0, temperature=0.1,
-                                            eos_token_id=2, pad_token_id=0, bos_token_id=1)
+    model.generation_config = old.__class__(
+        top_k=1, repetition_penalty=3.0, temperature=0.1, eos_token_id=2, pad_token_id=0, bos_token_id=1
+    )
     try:
         batch = HFGenerator(model, tok, max_new_tokens=8, engine=engine).generate(PROMPTS, None, 2, seed=0)
     finally:
         model.generation_config = old
-    torch.testing.assert_close(batch.sampler_logp.double(), _teacher_forced_logp(model, batch, 1.0),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        batch.sampler_logp.double(), _teacher_forced_logp(model, batch, 1.0), rtol=1e-4, atol=1e-5
+    )
 
 
 # ------------------------------------------------------------------ a scripted model: forced EOS / stops
@@ -267,8 +272,9 @@ def _scripted_policy():
             out.logits = out.logits + 40.0 * F.one_hot(forced, out.logits.shape[-1])  # [b, q, V]
             return out
 
-    cfg = tiny_llama_config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                            num_key_value_heads=2)
+    cfg = tiny_llama_config(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = Scripted(cfg).eval()
@@ -300,8 +306,9 @@ def test_forced_eos_and_stop_strings_match_between_engines():
         eos_row = batch.response_ids[2, :3].tolist()
         assert eos_row == [tok.convert_tokens_to_ids("a"), tok.convert_tokens_to_ids("b"), tok.eos_token_id]
         assert batch.response_ids.shape[1] == 8
-        torch.testing.assert_close(batch.sampler_logp.double(), _teacher_forced_logp(model, batch, 1.0),
-                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            batch.sampler_logp.double(), _teacher_forced_logp(model, batch, 1.0), rtol=0, atol=1e-6
+        )
     lean, hf = batches["lean"], batches["hf_generate"]
     assert torch.equal(lean.input_ids, hf.input_ids) and torch.equal(lean.attention_mask, hf.attention_mask)
     assert torch.equal(lean.response_mask, hf.response_mask)
@@ -342,22 +349,25 @@ def test_greedy_parity_with_hf_generate(shipped):
 def test_prompts_without_padding(policy, engine):
     # equal-length prompts: no left padding, so the lean loop decodes without an attention mask
     model, tok = policy
-    batch = HFGenerator(model, tok, max_new_tokens=10, engine=engine).generate(["1+1=", "2+5=", "9*3="], None, 4,
-                                                                              seed=2)
+    batch = HFGenerator(model, tok, max_new_tokens=10, engine=engine).generate(
+        ["1+1=", "2+5=", "9*3="], None, 4, seed=2
+    )
     assert batch.attention_mask[:, : batch.prompt_len].all()
-    torch.testing.assert_close(batch.sampler_logp.double(), _teacher_forced_logp(model, batch, 1.0),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        batch.sampler_logp.double(), _teacher_forced_logp(model, batch, 1.0), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_lean_engine_on_a_peft_model():
     from peft import LoraConfig, get_peft_model
 
     base, tok = make_random_tiny_policy(seed=1)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                            init_lora_weights=False))
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     model.eval()
-    batch = HFGenerator(model, tok, max_new_tokens=8, temperature=0.8, engine="lean").generate(PROMPTS, None, 3,
-                                                                                             seed=0)
+    batch = HFGenerator(model, tok, max_new_tokens=8, temperature=0.8, engine="lean").generate(PROMPTS, None, 3, seed=0)
     assert batch.response_mask.sum() > 12
-    torch.testing.assert_close(batch.sampler_logp.double(), _teacher_forced_logp(model, batch, 0.8),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        batch.sampler_logp.double(), _teacher_forced_logp(model, batch, 0.8), rtol=1e-4, atol=1e-5
+    )

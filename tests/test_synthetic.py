@@ -27,8 +27,12 @@ def countdown() -> CountdownTask:
 
 
 def _ex(numbers: list[int], target: int) -> Example:
-    return Example(id="x", question=f"Make {target} from {' '.join(map(str, numbers))}", answer="",
-                   meta={"numbers": numbers, "target": target, "key": (tuple(sorted(numbers)), target)})
+    return Example(
+        id="x",
+        question=f"Make {target} from {' '.join(map(str, numbers))}",
+        answer="",
+        meta={"numbers": numbers, "target": target, "key": (tuple(sorted(numbers)), target)},
+    )
 
 
 # ---------------------------------------------------------------------------------------------- countdown
@@ -38,24 +42,38 @@ def test_countdown_hand_worked_scores():
     task = CountdownTask(DataConfig(task="countdown", params=SMALL))
     ex = _ex([3, 5, 7], 22)
     completions = [
-        "3*5+7",          # 15 + 7 = 22
-        "7+5*3",          # precedence: 7 + 15 = 22
-        "(7+5)*3-14",     # 14 is not given -> 0
-        "3*5+7=22",       # "= target" suffix accepted
-        "3*5+7 = 21",     # wrong stated result -> 0
+        "3*5+7",  # 15 + 7 = 22
+        "7+5*3",  # precedence: 7 + 15 = 22
+        "(7+5)*3-14",  # 14 is not given -> 0
+        "3*5+7=22",  # "= target" suffix accepted
+        "3*5+7 = 21",  # wrong stated result -> 0
         "3*5+7\nrubbish",  # cut at the stop string "\n"
-        "7*3+5",          # 21 + 5 = 26 -> 0
-        "3*7+3-2",        # 3 used twice (and 2 not given) -> 0
+        "7*3+5",  # 21 + 5 = 26 -> 0
+        "3*7+3-2",  # 3 used twice (and 2 not given) -> 0
         "(3+5)*7/(5-3)",  # 5 and 3 used twice -> 0
-        "7*(5-3)+3",      # 3 twice -> 0
-        "",               # nothing -> 0
-        "3 × 5 + 7",      # unicode operators and spaces
+        "7*(5-3)+3",  # 3 twice -> 0
+        "",  # nothing -> 0
+        "3 × 5 + 7",  # unicode operators and spaces
         "<answer>3*5+7</answer>",
-        "-3+25",          # unary minus is not allowed -> 0
-        "05*3+7",         # leading zero -> 0
+        "-3+25",  # unary minus is not allowed -> 0
+        "05*3+7",  # leading zero -> 0
     ]
     assert task.score(completions, [ex] * len(completions)) == [
-        1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0
+        1.0,
+        1.0,
+        0.0,
+        1.0,
+        0.0,
+        1.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        1.0,
+        1.0,
+        0.0,
+        0.0,
     ]
 
 
@@ -146,8 +164,10 @@ def test_countdown_splits_disjoint_and_deterministic():
         ({"min_numbers": 4, "max_numbers": 3}, "data.params.min_numbers"),
         ({"ops": "+^"}, "data.params.ops"),
         ({"train_size": 0}, "data.params.train_size"),
-        ({"max_target": 2, "max_number": 2, "min_numbers": 2, "max_numbers": 2, "eval_size": 20},
-         "data.params.eval_size"),
+        (
+            {"max_target": 2, "max_number": 2, "min_numbers": 2, "max_numbers": 2, "eval_size": 20},
+            "data.params.eval_size",
+        ),
     ],
 )
 def test_countdown_bad_params_name_the_key(params, key):
@@ -187,7 +207,14 @@ def test_arithmetic_hand_worked_and_splits():
     task = ArithmeticTask(DataConfig(task="arithmetic", params={"train_size": 2000}))
     ex = Example("a", "123+456", "579", {"target": 579})
     assert task.score(["579", "579\n+1", " 579 ", "578", "0579", "57 9", "abc", ""], [ex] * 8) == [
-        1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0
+        1.0,
+        1.0,
+        1.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
     ]
     neg = Example("b", "100-250", "-150", {"target": -150})
     assert task.score(["-150", "150", "--150"], [neg] * 3) == [1.0, 0.0, 0.0]

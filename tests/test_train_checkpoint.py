@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlentropy.train.checkpoint import latest_checkpoint, list_checkpoints, load_state
+from rlentropy.runs.checkpoints import latest_checkpoint, list_checkpoints, load_state
 from rlentropy.train.run import resume_config, run_training
 
 VOLATILE = ("time/", "wall_time")
@@ -27,7 +27,10 @@ def test_resume_reproduces_straight_run(fast_cfg, tmp_path, lora):
     # Clip-Cov draws random numbers and the optimizer has state: both must survive the resume.
     common = dict(
         data={"task": "parity_test"},
-        algorithm={"loss": "clip_cov", "loss_params": {"clip_cov_ratio": 0.1, "clip_cov_lb": -100.0, "clip_cov_ub": 100.0}},
+        algorithm={
+            "loss": "clip_cov",
+            "loss_params": {"clip_cov_ratio": 0.1, "clip_cov_lb": -100.0, "clip_cov_ub": 100.0},
+        },
         model={"lora": {"enabled": lora, "r": 4, "alpha": 8, "dropout": 0.1 if lora else 0.0}},
         optim={"lr": 1e-2, "warmup_steps": 2, "schedule": "cosine"},
         checkpoint={"every": 2, "keep_last": 1},
@@ -58,7 +61,7 @@ def test_resume_reproduces_straight_run(fast_cfg, tmp_path, lora):
 
 
 def test_failed_checkpoint_write_keeps_previous_intact(fast_cfg, tmp_path, monkeypatch):
-    from rlentropy.train import checkpoint as ck
+    from rlentropy.runs import checkpoints as ck
 
     run_dir = tmp_path / "r"
     real_save = ck.torch.save

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -26,9 +25,11 @@ app = typer.Typer(
 
 @app.command()
 def train(
-    config: Optional[Path] = typer.Argument(None, help="YAML config file (see configs/)."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="Overrides as key.sub=value."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Run directory to resume from its newest complete checkpoint."),
+    config: Path | None = typer.Argument(None, help="YAML config file (see configs/)."),
+    overrides: list[str] | None = typer.Argument(None, help="Overrides as key.sub=value."),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Run directory to resume from its newest complete checkpoint."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Run GRPO-family RL training from a YAML config (or resume a run)."""
@@ -41,11 +42,11 @@ def train(
 def demo(
     seeds: int = typer.Option(1, "--seeds", help="Number of seeds per method (1 for `make demo`)."),
     study: str = typer.Option("controls", "--study", help="controls | quadrants"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default runs/demo or runs/quadrants)."),
+    out: Path | None = typer.Option(None, "--out", help="Output directory (default runs/demo or runs/quadrants)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """The embedded CPU entropy study on the shipped tiny model and the countdown task."""
-    from rlentropy.train.demo import demo_command
+    from rlentropy.studies.demo import demo_command
 
     demo_command(seeds=seeds, study=study, out=out, quiet=quiet)
 
@@ -65,32 +66,53 @@ def pretrain(
 @app.command("eval")
 def eval_(
     target: Path = typer.Argument(..., help="A checkpoint directory, or a run directory (every checkpoint)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Benchmark name or dataset file (default: the run's eval set)."),
-    n: Optional[int] = typer.Option(None, "--n", help="Samples per prompt (default 32 on real data, 8 on synthetic tasks)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (default 0.7)."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling (default 1.0)."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: the run's eval / rollout max_new_tokens."),
-    max_prompts: Optional[int] = typer.Option(None, "--max-prompts", help="Evaluate the first N prompts (default: the run's eval.max_prompts)."),
+    dataset: str | None = typer.Option(
+        None, "--dataset", help="Benchmark name or dataset file (default: the run's eval set)."
+    ),
+    n: int | None = typer.Option(
+        None, "--n", help="Samples per prompt (default 32 on real data, 8 on synthetic tasks)."
+    ),
+    temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature (default 0.7)."),
+    top_p: float | None = typer.Option(None, "--top-p", help="Nucleus sampling (default 1.0)."),
+    max_new_tokens: int | None = typer.Option(
+        None, "--max-new-tokens", help="Default: the run's eval / rollout max_new_tokens."
+    ),
+    max_prompts: int | None = typer.Option(
+        None, "--max-prompts", help="Evaluate the first N prompts (default: the run's eval.max_prompts)."
+    ),
     force: bool = typer.Option(False, "--force", help="Re-evaluate checkpoints that already have results."),
     quiet: bool = typer.Option(False, "--quiet"),
-    base: bool = typer.Option(True, "--base/--no-base", help="With a run directory, also evaluate the base model as step 0."),
+    base: bool = typer.Option(
+        True, "--base/--no-base", help="With a run directory, also evaluate the base model as step 0."
+    ),
     seed: int = typer.Option(0, "--seed", help="Sampling seed (the same for every checkpoint)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per generate call (default: the run's rollout.batch_size)."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Sequences per generate call (default: the run's rollout.batch_size)."
+    ),
 ) -> None:
     """pass@k, avg@n, maj@k, entropy and length of samples, for one checkpoint or all of a run."""
     from rlentropy.evaluate.run import eval_command
 
     eval_command(
-        target=target, dataset=dataset, n=n, temperature=temperature, top_p=top_p,
-        max_new_tokens=max_new_tokens, max_prompts=max_prompts, force=force, quiet=quiet,
-        include_base=base, seed=seed, batch_size=batch_size,
+        target=target,
+        dataset=dataset,
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        max_prompts=max_prompts,
+        force=force,
+        quiet=quiet,
+        include_base=base,
+        seed=seed,
+        batch_size=batch_size,
     )
 
 
 @app.command()
 def report(
-    runs: List[Path] = typer.Argument(..., help="One or more run directories."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: the first run's directory)."),
+    runs: list[Path] = typer.Argument(..., help="One or more run directories."),
+    out: Path | None = typer.Option(None, "--out", help="Output directory (default: the first run's directory)."),
 ) -> None:
     """Write a self-contained report.html and plots/*.png for one or more runs."""
     from rlentropy.report.html import report_command
@@ -98,7 +120,7 @@ def report(
     report_command(runs=runs, out=out)
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the typer app, turning user errors into one line and exit 2."""
     try:
         app(args=argv, standalone_mode=False)

@@ -20,9 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from rlentropy.data.tasks import Example
 from rlentropy.errors import DataError
@@ -83,7 +84,7 @@ def read_rows(path: str | Path, *, report: LoadReport | None = None) -> Iterator
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise DataError(
-            f"{p}:{line}: file is not valid UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}); "
+            f"{p}:{line}: file is not valid UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 1]!r}); "
             "re-encode it as UTF-8"
         ) from None
     if suffix == ".json" and text.lstrip().startswith("["):
@@ -124,8 +125,7 @@ def _read_parquet(p: Path) -> Iterator[tuple[int, dict]]:
         table = pq.read_table(p)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a broken file
         raise DataError(f"{p}: cannot read parquet ({type(exc).__name__}: {exc})") from None
-    for i, row in enumerate(table.to_pylist(), 1):
-        yield i, row
+    yield from enumerate(table.to_pylist(), 1)
 
 
 def get_field(row: Any, path: str) -> Any:
@@ -226,8 +226,7 @@ def rows_to_examples(
     """
     if answer_format not in ANSWER_FORMATS:
         raise DataError(
-            f"data.params.answer_format: unknown format {answer_format!r}; "
-            f"allowed: {', '.join(ANSWER_FORMATS)}"
+            f"data.params.answer_format: unknown format {answer_format!r}; allowed: {', '.join(ANSWER_FORMATS)}"
         )
     norm = ANSWER_FORMATS[answer_format]
     out: list[Example] = []
@@ -343,51 +342,89 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {
     "gsm8k": DatasetSpec(
         files={"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"},
-        question_field="question", answer_field="answer", answer_format="gsm8k", id_field=None,
-        hf_name="openai/gsm8k", hf_config="main", hf_splits={"train": "train", "test": "test"},
-        hf_question_field="question", hf_answer_field="answer", hf_answer_format="gsm8k",
+        question_field="question",
+        answer_field="answer",
+        answer_format="gsm8k",
+        id_field=None,
+        hf_name="openai/gsm8k",
+        hf_config="main",
+        hf_splits={"train": "train", "test": "test"},
+        hf_question_field="question",
+        hf_answer_field="answer",
+        hf_answer_format="gsm8k",
     ),
     "math500": DatasetSpec(
         files={"test": "math500/test.jsonl"},
-        question_field="problem", answer_field="answer", answer_format="raw", id_field="unique_id",
-        hf_name="HuggingFaceH4/MATH-500", hf_config=None, hf_splits={"test": "test"},
-        hf_question_field="problem", hf_answer_field="answer", hf_answer_format="raw",
+        question_field="problem",
+        answer_field="answer",
+        answer_format="raw",
+        id_field="unique_id",
+        hf_name="HuggingFaceH4/MATH-500",
+        hf_config=None,
+        hf_splits={"test": "test"},
+        hf_question_field="problem",
+        hf_answer_field="answer",
+        hf_answer_format="raw",
         meta_fields=("subject", "level"),
     ),
     "aime24": DatasetSpec(
         files={"test": "aime24/test.jsonl"},
-        question_field="problem", answer_field="answer", answer_format="int", id_field="id",
-        hf_name="HuggingFaceH4/aime_2024", hf_config=None, hf_splits={"test": "train"},
-        hf_question_field="problem", hf_answer_field="answer", hf_answer_format="int",
+        question_field="problem",
+        answer_field="answer",
+        answer_format="int",
+        id_field="id",
+        hf_name="HuggingFaceH4/aime_2024",
+        hf_config=None,
+        hf_splits={"test": "train"},
+        hf_question_field="problem",
+        hf_answer_field="answer",
+        hf_answer_format="int",
         meta_fields=("url",),
     ),
     "aime25": DatasetSpec(
         files={"test": "aime25/test.jsonl"},
-        question_field="problem", answer_field="answer", answer_format="int", id_field=None,
-        hf_name="math-ai/aime25", hf_config=None, hf_splits={"test": "test"},
-        hf_question_field="problem", hf_answer_field="answer", hf_answer_format="int",
+        question_field="problem",
+        answer_field="answer",
+        answer_format="int",
+        id_field=None,
+        hf_name="math-ai/aime25",
+        hf_config=None,
+        hf_splits={"test": "test"},
+        hf_question_field="problem",
+        hf_answer_field="answer",
+        hf_answer_format="int",
     ),
     "amc23": DatasetSpec(
         files={"test": "amc23/test.jsonl"},
-        question_field="problem", answer_field="answer", answer_format="int", id_field="id",
-        hf_name="math-ai/amc23", hf_config=None, hf_splits={"test": "test"},
-        hf_question_field="question", hf_answer_field="answer", hf_answer_format="int",
+        question_field="problem",
+        answer_field="answer",
+        answer_format="int",
+        id_field="id",
+        hf_name="math-ai/amc23",
+        hf_config=None,
+        hf_splits={"test": "test"},
+        hf_question_field="question",
+        hf_answer_field="answer",
+        hf_answer_format="int",
         meta_fields=("url",),
     ),
     "dapo17k": DatasetSpec(
         files={"train": "dapo_math_17k/dapo_math_17k.parquet"},
-        question_field="prompt.0.content", answer_field="reward_model.ground_truth",
-        answer_format="raw", id_field="extra_info.index",
-        hf_name="BytedTsinghua-SIA/DAPO-Math-17k", hf_config=None, hf_splits={"train": "train"},
-        hf_question_field="prompt.0.content", hf_answer_field="reward_model.ground_truth",
+        question_field="prompt.0.content",
+        answer_field="reward_model.ground_truth",
+        answer_format="raw",
+        id_field="extra_info.index",
+        hf_name="BytedTsinghua-SIA/DAPO-Math-17k",
+        hf_config=None,
+        hf_splits={"train": "train"},
+        hf_question_field="prompt.0.content",
+        hf_answer_field="reward_model.ground_truth",
         hf_answer_format="raw",
     ),
 }
 
 
-def load_dataset_split(
-    name: str, split: str, *, source: str = "local", skip_bad_rows: bool = False
-) -> list[Example]:
+def load_dataset_split(name: str, split: str, *, source: str = "local", skip_bad_rows: bool = False) -> list[Example]:
     """Examples of a bundled dataset split ("gsm8k"/"train", "math500"/"test", ...).
 
     Args:
@@ -434,7 +471,9 @@ def load_dataset_split(
 _LOCAL_CACHE: dict[tuple, list[Example]] = {}
 
 
-def _load_local(spec: DatasetSpec, path: Path, name: str, split: str, unwrap: Any, skip_bad_rows: bool) -> list[Example]:
+def _load_local(
+    spec: DatasetSpec, path: Path, name: str, split: str, unwrap: Any, skip_bad_rows: bool
+) -> list[Example]:
     examples, _ = load_file(
         path,
         question_field=spec.question_field,
@@ -486,14 +525,10 @@ def load_hf_rows(name: str, config: str | None, split: str) -> list[tuple[int, d
 def stable_order(keys: Sequence[str], seed: int) -> list[int]:
     """Indices of `keys` sorted by sha256(f"{seed}:{key}"): a seeded shuffle that is identical on
     every platform and Python version."""
-    return sorted(
-        range(len(keys)), key=lambda i: hashlib.sha256(f"{seed}:{keys[i]}".encode()).hexdigest()
-    )
+    return sorted(range(len(keys)), key=lambda i: hashlib.sha256(f"{seed}:{keys[i]}".encode()).hexdigest())
 
 
-def holdout_split(
-    examples: Sequence[Example], n_holdout: int, *, seed: int
-) -> tuple[list[Example], list[Example]]:
+def holdout_split(examples: Sequence[Example], n_holdout: int, *, seed: int) -> tuple[list[Example], list[Example]]:
     """(train, held_out): `n_holdout` examples chosen by `stable_order(ids, seed)`; train keeps
     the original order and also drops every example whose question text equals a held-out one
     (DAPO-Math-17k repeats 627 problem texts)."""

@@ -29,7 +29,8 @@ the suite). `data.params` (all optional):
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -72,8 +73,7 @@ def _params(cfg: DataConfig, task: str) -> MathParams:
         key = ".".join(str(x) for x in e["loc"])
         if e["type"] == "extra_forbidden":
             raise ConfigError(
-                f"data.params.{key}: unknown key for task {task!r}; allowed: "
-                f"{', '.join(MathParams.model_fields)}"
+                f"data.params.{key}: unknown key for task {task!r}; allowed: {', '.join(MathParams.model_fields)}"
             ) from None
         raise ConfigError(f"data.params.{key}: {e['msg'].lower()} (got {e.get('input')!r})") from None
     if task != "file":
@@ -139,8 +139,7 @@ class MathTask:
     def train_examples(self) -> list[Example]:
         if self._train_fn is None:
             raise ConfigError(
-                f"data.task: {self.name!r} is an evaluation set without a training split; "
-                "use it as data.eval_task"
+                f"data.task: {self.name!r} is an evaluation set without a training split; use it as data.eval_task"
             )
         if self._train is None:
             ex = self._train_fn()
@@ -167,9 +166,7 @@ class MathTask:
 
     def score(self, completions: Sequence[str], examples: Sequence[Example]) -> list[float]:
         if len(completions) != len(examples):
-            raise ValueError(
-                f"examples: expected {len(completions)} examples, got {len(examples)}"
-            )
+            raise ValueError(f"examples: expected {len(completions)} examples, got {len(examples)}")
         return self.scorer.score(list(completions), [e.answer for e in examples])
 
 
@@ -194,7 +191,9 @@ def _dapo_split(cfg: DataConfig, p: MathParams) -> tuple[list[Example], list[Exa
 def _gsm8k(cfg: DataConfig) -> MathTask:
     p = _params(cfg, "gsm8k")
     return MathTask(
-        "gsm8k", cfg, p,
+        "gsm8k",
+        cfg,
+        p,
         train_fn=_split_loader("gsm8k", "train", cfg, p),
         eval_fn=_split_loader("gsm8k", "test", cfg, p),
         default_template=None,
@@ -206,7 +205,11 @@ def _eval_only(name: str, dataset: str) -> None:
     def factory(cfg: DataConfig) -> MathTask:
         p = _params(cfg, name)
         return MathTask(
-            name, cfg, p, train_fn=None, eval_fn=_split_loader(dataset, "test", cfg, p),
+            name,
+            cfg,
+            p,
+            train_fn=None,
+            eval_fn=_split_loader(dataset, "test", cfg, p),
             default_template=None,
         )
 
@@ -226,7 +229,11 @@ def _dapo(cfg: DataConfig) -> MathTask:
         return cache["s"]
 
     return MathTask(
-        "dapo", cfg, p, train_fn=lambda: split()[0], eval_fn=lambda: split()[1],
+        "dapo",
+        cfg,
+        p,
+        train_fn=lambda: split()[0],
+        eval_fn=lambda: split()[1],
         default_template="dapo",
     )
 
@@ -235,7 +242,11 @@ def _dapo(cfg: DataConfig) -> MathTask:
 def _dapo_val(cfg: DataConfig) -> MathTask:
     p = _params(cfg, "dapo-validation-500")
     return MathTask(
-        "dapo-validation-500", cfg, p, train_fn=None, eval_fn=lambda: _dapo_split(cfg, p)[1],
+        "dapo-validation-500",
+        cfg,
+        p,
+        train_fn=None,
+        eval_fn=lambda: _dapo_split(cfg, p)[1],
         default_template="dapo",
     )
 
@@ -295,8 +306,6 @@ def _file(cfg: DataConfig) -> MathTask:
             )
         return ev
 
-    task = MathTask(
-        "file", cfg, p, train_fn=lambda: split()[0], eval_fn=eval_fn, default_template=None
-    )
+    task = MathTask("file", cfg, p, train_fn=lambda: split()[0], eval_fn=eval_fn, default_template=None)
     task.load_reports: list[loaders.LoadReport] = []  # type: ignore[misc]
     return task

@@ -21,9 +21,10 @@ from __future__ import annotations
 import abc
 import random
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from rlentropy.data.tasks import DataConfig, Example, register_task
 from rlentropy.errors import ConfigError
@@ -83,7 +84,9 @@ def _check_common(cfg: DataConfig, task: str) -> str:
 def _chat(tokenizer: Any, text: str) -> str:
     if getattr(tokenizer, "chat_template", None) is None:
         raise ConfigError("data.template: 'chat' needs a tokenizer with a chat template; use 'plain'")
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def _extract_answer(completion: str, stop_strings: Sequence[str]) -> str | None:
@@ -233,8 +236,8 @@ def score_countdown(answer: str | None, numbers: Sequence[int], target: int) -> 
 class _Node:
     op: str | None
     value: int
-    left: "_Node | None" = None
-    right: "_Node | None" = None
+    left: _Node | None = None
+    right: _Node | None = None
 
 
 def format_expression(node: _Node) -> str:
@@ -284,15 +287,20 @@ _COUNTDOWN_PARAMS = {
     "max_numbers": _Param(4, int, lambda v: 2 <= v <= 6, "an integer in [2, 6]"),
     "max_number": _Param(12, int, lambda v: 2 <= v <= 1000, "an integer in [2, 1000]"),
     "max_target": _Param(60, int, lambda v: 1 <= v <= 100000, "an integer in [1, 100000]"),
-    "ops": _Param("+-*/", str, lambda v: len(v) > 0 and set(v) <= set("+-*/") and len(set(v)) == len(v),
-                  "a non-empty string of distinct characters from '+-*/'"),
+    "ops": _Param(
+        "+-*/",
+        str,
+        lambda v: len(v) > 0 and set(v) <= set("+-*/") and len(set(v)) == len(v),
+        "a non-empty string of distinct characters from '+-*/'",
+    ),
     "train_size": _Param(10000, int, lambda v: v >= 1, "a positive integer"),
     "eval_size": _Param(200, int, lambda v: v >= 1, "a positive integer"),
 }
 
 
-def _draw_distinct(rng: random.Random, draw: Callable[[random.Random], Example | None], size: int,
-                   taken: set, task: str, split: str) -> list[Example]:
+def _draw_distinct(
+    rng: random.Random, draw: Callable[[random.Random], Example | None], size: int, taken: set, task: str, split: str
+) -> list[Example]:
     """`size` examples with keys not in `taken` (adding theirs); ConfigError if the space runs out."""
     out: list[Example] = []
     tries, max_tries = 0, 200 * size + 10000
@@ -331,10 +339,12 @@ class _SyntheticTask(abc.ABC):
         self.seed = cfg.seed
         taken: set = set()
         p = self.params
-        self._eval = _draw_distinct(random.Random(f"{self.name}-eval-{self.seed}"), self._draw, p["eval_size"],
-                                    taken, self.name, "eval")
-        self._train = _draw_distinct(random.Random(f"{self.name}-train-{self.seed}"), self._draw,
-                                     p["train_size"], taken, self.name, "train")
+        self._eval = _draw_distinct(
+            random.Random(f"{self.name}-eval-{self.seed}"), self._draw, p["eval_size"], taken, self.name, "eval"
+        )
+        self._train = _draw_distinct(
+            random.Random(f"{self.name}-train-{self.seed}"), self._draw, p["train_size"], taken, self.name, "train"
+        )
         if cfg.max_train is not None:
             self._train = self._train[: cfg.max_train]
         if cfg.max_eval is not None:
@@ -342,6 +352,7 @@ class _SyntheticTask(abc.ABC):
 
     def _check_params(self) -> None:
         """Cross-parameter checks (ConfigError naming data.params.<key>); none by default."""
+        return None
 
     @abc.abstractmethod
     def _draw(self, rng: random.Random) -> Example | None:
@@ -426,8 +437,12 @@ class CountdownTask(_SyntheticTask):
 
 _ARITH_PARAMS = {
     "digits": _Param(3, int, lambda v: 1 <= v <= 18, "an integer in [1, 18]"),
-    "ops": _Param("+-*", str, lambda v: len(v) > 0 and set(v) <= set("+-*") and len(set(v)) == len(v),
-                  "a non-empty string of distinct characters from '+-*'"),
+    "ops": _Param(
+        "+-*",
+        str,
+        lambda v: len(v) > 0 and set(v) <= set("+-*") and len(set(v)) == len(v),
+        "a non-empty string of distinct characters from '+-*'",
+    ),
     "train_size": _Param(10000, int, lambda v: v >= 1, "a positive integer"),
     "eval_size": _Param(200, int, lambda v: v >= 1, "a positive integer"),
 }

@@ -59,9 +59,7 @@ def apply_chat(tokenizer: Any, user_text: str, *, system: str | None = None) -> 
             "data.template: the 'chat' template needs a tokenizer with a chat template "
             "(tokenizer.chat_template is empty); use data.template=plain or r1"
         )
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": user_text}
-    ]
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user_text}]
     out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if not isinstance(out, str):  # some tokenizers return a list for a single conversation
         out = out[0]
@@ -112,9 +110,7 @@ class Template:
 
 TEMPLATES: dict[str, Template] = {
     "plain": Template("plain", "boxed+gsm8k+dapo", stop_strings=("\nQuestion:",)),
-    "r1": Template(
-        "r1", "r1", stop_strings=("</answer>",), completion_prefix=R1_PREFIX, require_format=True
-    ),
+    "r1": Template("r1", "r1", stop_strings=("</answer>",), completion_prefix=R1_PREFIX, require_format=True),
     "dapo": Template("dapo", "dapo"),
     "chat": Template("chat", "boxed+gsm8k+dapo"),
 }
@@ -123,7 +119,5 @@ TEMPLATES: dict[str, Template] = {
 def get_template(name: str) -> Template:
     """The template called `name` (ConfigError naming data.template otherwise)."""
     if name not in TEMPLATES:
-        raise ConfigError(
-            f"data.template: unknown template {name!r}; allowed: {', '.join(sorted(TEMPLATES))}"
-        )
+        raise ConfigError(f"data.template: unknown template {name!r}; allowed: {', '.join(sorted(TEMPLATES))}")
     return TEMPLATES[name]

@@ -64,7 +64,9 @@ def logp_advantage_covariance(
     return cov_tok, metrics
 
 
-def fit_entropy_performance(entropy: torch.Tensor, reward: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def fit_entropy_performance(
+    entropy: torch.Tensor, reward: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Least-squares fit R = −a · exp(H) + b across steps (Cui et al.).
 
     Args:
@@ -80,7 +82,9 @@ def fit_entropy_performance(entropy: torch.Tensor, reward: torch.Tensor) -> tupl
         ValueError: fewer than 2 points, mismatched shapes, or non-finite inputs.
     """
     if entropy.dim() != 1 or entropy.shape != reward.shape:
-        raise ValueError(f"entropy and reward must be 1-D of equal length, got {tuple(entropy.shape)}, {tuple(reward.shape)}")
+        raise ValueError(
+            f"entropy and reward must be 1-D of equal length, got {tuple(entropy.shape)}, {tuple(reward.shape)}"
+        )
     if entropy.numel() < 2:
         raise ValueError(f"entropy needs at least 2 points for a fit, got {entropy.numel()}")
     h = entropy.to(torch.float64)  # [K]

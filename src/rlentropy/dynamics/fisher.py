@@ -13,7 +13,7 @@ once, and `adam_metric` returns P itself, not its square root).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -100,7 +100,9 @@ def kernel_summary(
     if kernel.shape != (n, n):
         raise ValueError(f"kernel must be square, got {tuple(kernel.shape)}")
     if group_ids.shape != (n,) or advantages.shape != (n,):
-        raise ValueError(f"group_ids and advantages must be [{n}], got {tuple(group_ids.shape)}, {tuple(advantages.shape)}")
+        raise ValueError(
+            f"group_ids and advantages must be [{n}], got {tuple(group_ids.shape)}, {tuple(advantages.shape)}"
+        )
     k = kernel.to(torch.float64)  # [n, n]
     same = group_ids.unsqueeze(0) == group_ids.unsqueeze(1)  # [n, n]
     eye = torch.eye(n, dtype=torch.bool, device=k.device)  # [n, n]
@@ -141,7 +143,9 @@ def kernel_influence(kernel: torch.Tensor, advantages: torch.Tensor) -> tuple[to
     """
     n = kernel.shape[0]
     if kernel.shape != (n, n) or advantages.shape != (n,):
-        raise ValueError(f"kernel must be [n, n] and advantages [n], got {tuple(kernel.shape)}, {tuple(advantages.shape)}")
+        raise ValueError(
+            f"kernel must be [n, n] and advantages [n], got {tuple(kernel.shape)}, {tuple(advantages.shape)}"
+        )
     a = advantages.to(torch.float64)  # [n]
     infl = kernel.to(torch.float64) @ a  # [n]
     nan = torch.full((), float("nan"), dtype=torch.float64)

@@ -88,7 +88,9 @@ def logit_space_check(
     meas_norm = meas.norm()
     metrics = {
         "corr": correlation(pred, meas),
-        "rel_err": torch.where(meas_norm > 0, diff_norm / meas_norm.clamp_min(1e-300), torch.full_like(meas_norm, float("nan"))),
+        "rel_err": torch.where(
+            meas_norm > 0, diff_norm / meas_norm.clamp_min(1e-300), torch.full_like(meas_norm, float("nan"))
+        ),
         "pred_mean": pred.mean() if n else torch.zeros((), dtype=dtype),
         "meas_mean": meas.mean() if n else torch.zeros((), dtype=dtype),
         "positions": torch.tensor(float(n), dtype=dtype),

@@ -12,7 +12,7 @@ and the difference is the second-order residual ½ Δθᵀ ∇²H Δθ + O(|Δθ
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -7,7 +7,8 @@ the predicted and the measured step-level entropy change are used.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 __all__ = ["PRED_KEY", "MEAS_KEY", "prediction_agreement", "entropy_performance_fit"]
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rlentropy.errors import ConfigError
 
+
 class LoraConfig(BaseModel):
     """`model.lora:` LoRA adapters via peft (off by default: full-parameter training).
 
@@ -131,8 +132,10 @@ def resolve_model_source(path: str | None, *, allow_download: bool = False) -> t
             raise ConfigError(f"model.path: {path!r} is a directory without config.json (not an HF model)")
         return "local", str(p)
     if looks_local:
-        raise ConfigError(f"model.path: {path!r} does not exist (expected a local HF model directory, "
-                          "a .gguf file, 'tiny', or a cached hub name like 'Qwen/Qwen2.5-1.5B')")
+        raise ConfigError(
+            f"model.path: {path!r} does not exist (expected a local HF model directory, "
+            "a .gguf file, 'tiny', or a cached hub name like 'Qwen/Qwen2.5-1.5B')"
+        )
     if not allow_download:
         try:
             from huggingface_hub import try_to_load_from_cache
@@ -141,8 +144,10 @@ def resolve_model_source(path: str | None, *, allow_download: bool = False) -> t
         except Exception:  # noqa: BLE001 - any hub-side failure means "not usable offline"
             cached = None
         if not isinstance(cached, str):
-            raise ConfigError(f"model.path: hub model {path!r} is not in the local Hugging Face cache and "
-                              "model.allow_download is false (download it first, or set it to true)")
+            raise ConfigError(
+                f"model.path: hub model {path!r} is not in the local Hugging Face cache and "
+                "model.allow_download is false (download it first, or set it to true)"
+            )
     return "hub", path
 
 
@@ -162,7 +167,9 @@ def _quantization_config(cfg: ModelConfig, device: torch.device) -> Any:
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
 
 
-def _load_base(cfg: ModelConfig, device: torch.device, weights_dir: str | None) -> tuple[torch.nn.Module, Any, str, str | None]:
+def _load_base(
+    cfg: ModelConfig, device: torch.device, weights_dir: str | None
+) -> tuple[torch.nn.Module, Any, str, str | None]:
     """The base CausalLM and tokenizer, from `weights_dir` when given (a full-parameter checkpoint)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -189,7 +196,9 @@ def _load_base(cfg: ModelConfig, device: torch.device, weights_dir: str | None) 
         model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
     except OSError as err:
         raise ConfigError(f"model.path: cannot load a causal LM from {src!r}: {str(err).splitlines()[0]}") from err
-    tok_src = cfg.tokenizer or (weights_dir if weights_dir and Path(weights_dir, "tokenizer_config.json").exists() else location)
+    tok_src = cfg.tokenizer or (
+        weights_dir if weights_dir and Path(weights_dir, "tokenizer_config.json").exists() else location
+    )
     try:
         tokenizer = AutoTokenizer.from_pretrained(tok_src, local_files_only=local_only)
     except OSError as err:
@@ -203,8 +212,12 @@ def _apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
 
     targets: Any = cfg.target_modules
     peft_cfg = PeftLoraConfig(
-        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-        bias="none", task_type="CAUSAL_LM",
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
     )
     try:
         peft_model = get_peft_model(model, peft_cfg)
@@ -212,12 +225,16 @@ def _apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
         raise ConfigError(f"model.lora.target_modules: {str(err).splitlines()[0]}") from err
     head = peft_model.get_output_embeddings()
     if hasattr(head, "lora_A"):
-        raise ConfigError("model.lora.target_modules: the LM head cannot carry a LoRA adapter "
-                          "(token statistics read its weight directly); drop it from the list")
+        raise ConfigError(
+            "model.lora.target_modules: the LM head cannot carry a LoRA adapter "
+            "(token statistics read its weight directly); drop it from the list"
+        )
     return peft_model
 
 
-def load_policy(cfg: ModelConfig, *, device: torch.device | str = "cpu", checkpoint: str | Path | None = None) -> LoadedPolicy:
+def load_policy(
+    cfg: ModelConfig, *, device: torch.device | str = "cpu", checkpoint: str | Path | None = None
+) -> LoadedPolicy:
     """Load the trainable policy described by `cfg`.
 
     Args:
@@ -295,7 +312,7 @@ def unwrap_causal_lm(model: torch.nn.Module) -> torch.nn.Module:
     """The underlying `PreTrainedModel` CausalLM (peft and accelerate/DDP wrappers removed)."""
     m = model
     for _ in range(4):
-        if hasattr(m, "module") and isinstance(getattr(m, "module"), torch.nn.Module) and not hasattr(m, "get_output_embeddings"):
+        if hasattr(m, "module") and isinstance(m.module, torch.nn.Module) and not hasattr(m, "get_output_embeddings"):
             m = m.module
             continue
         if hasattr(m, "get_base_model") and callable(m.get_base_model):

@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -59,7 +60,9 @@ class PretrainConfig:
     threads: int = 1
 
 
-def encode_sft_batch(tokenizer: Any, prompts: Sequence[str], answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_sft_batch(
+    tokenizer: Any, prompts: Sequence[str], answers: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids `<bos> prompt answer <eos>` (right-padded) and labels that keep only answer + <eos>.
 
     Returns:
@@ -100,8 +103,14 @@ def evaluate_pass_at_k(
     """
     from rlentropy.rollout.hf import HFGenerator, position_ids_from_mask
 
-    gen = HFGenerator(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature,
-                      stop_strings=task.stop_strings, batch_size=batch_size)
+    gen = HFGenerator(
+        model,
+        tokenizer,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        stop_strings=task.stop_strings,
+        batch_size=batch_size,
+    )
     prompts = [task.render_prompt(ex, tokenizer) for ex in examples]
     batch = gen.generate(prompts, list(examples), n, seed=seed)
     rewards = torch.tensor(task.score(batch.completions, batch.examples)).view(len(examples), n)  # [P, n]
@@ -112,8 +121,11 @@ def evaluate_pass_at_k(
     P = batch.prompt_len
     for start in range(0, len(batch), batch_size):
         sub = batch.select(list(range(start, min(start + batch_size, len(batch)))))
-        logits = model(input_ids=sub.input_ids, attention_mask=sub.attention_mask,
-                       position_ids=position_ids_from_mask(sub.attention_mask)).logits  # [b, L, V]
+        logits = model(
+            input_ids=sub.input_ids,
+            attention_mask=sub.attention_mask,
+            position_ids=position_ids_from_mask(sub.attention_mask),
+        ).logits  # [b, L, V]
         logp = torch.log_softmax(logits[:, P - 1 : -1].float() / temperature, dim=-1)  # [b, T, V]
         ent = -(logp.exp() * logp).sum(-1)  # [b, T]
         ent_sum += float((ent * sub.response_mask).sum())
@@ -133,8 +145,9 @@ def _lr_at(step: int, cfg: PretrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
-def pretrain(out: Path, *, seed: int = 0, cfg: PretrainConfig = PretrainConfig(), quiet: bool = False,
-             eval_every: int = 0) -> dict[str, Any]:
+def pretrain(
+    out: Path, *, seed: int = 0, cfg: PretrainConfig = PretrainConfig(), quiet: bool = False, eval_every: int = 0
+) -> dict[str, Any]:
     """Train the tiny policy from scratch, evaluate it, and save it (HF format) under `out`.
 
     Args:
@@ -178,15 +191,21 @@ def _pretrain_body(out, seed, cfg, quiet, eval_every, task, tok, train, evals, h
         no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8,
+            lr=cfg.lr,
+            betas=(0.9, 0.98),
+            eps=1e-8,
         )
         data_gen = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(train), generator=data_gen).tolist()
         cursor = 0
         model.train()
         progress = Progress(
-            TextColumn("pretrain"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            TextColumn("pretrain"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.3f}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
             disable=quiet,
         )
         with progress:
@@ -208,8 +227,9 @@ def _pretrain_body(out, seed, cfg, quiet, eval_every, task, tok, train, evals, h
                 progress.update(bar, advance=1, loss=float(loss.detach()))
                 if eval_every and (step + 1) % eval_every == 0 and step + 1 < cfg.steps:
                     model.eval()
-                    m = evaluate_pass_at_k(model, tok, task, evals[:100], n=cfg.eval_samples,
-                                           max_new_tokens=cfg.max_new_tokens, seed=seed)
+                    m = evaluate_pass_at_k(
+                        model, tok, task, evals[:100], n=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens, seed=seed
+                    )
                     model.train()
                     m.update(step=step + 1, loss=float(loss.detach()), seconds=time.time() - t0)
                     history.append(m)
@@ -217,8 +237,9 @@ def _pretrain_body(out, seed, cfg, quiet, eval_every, task, tok, train, evals, h
                         progress.console.print(json.dumps(m))
         train_seconds = time.time() - t0
         model.eval()
-        final = evaluate_pass_at_k(model, tok, task, evals, n=cfg.eval_samples,
-                                   max_new_tokens=cfg.max_new_tokens, seed=seed)
+        final = evaluate_pass_at_k(
+            model, tok, task, evals, n=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens, seed=seed
+        )
 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
@@ -247,7 +268,7 @@ def _model_card(m: dict[str, Any]) -> str:
     r = m["recipe"]
     return f"""# tiny-countdown: the base policy shipped with rlentropy
 
-A {m['parameters']:,}-parameter Llama (hidden 128, 4 layers, 4 heads, MLP 384, tied embeddings)
+A {m["parameters"]:,}-parameter Llama (hidden 128, 4 layers, 4 heads, MLP 384, tied embeddings)
 with a character-level tokenizer (`rlentropy.models.tiny.build_tokenizer`, vocabulary 100), trained
 from scratch by supervised warm-up on countdown solutions. Load it with
 `AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained`, or
@@ -255,20 +276,20 @@ from scratch by supervised warm-up on countdown solutions. Load it with
 
 ## Source (how to rebuild these files)
 
-    rlentropy pretrain --out src/rlentropy/assets/tiny-countdown --seed {m['seed']}
+    rlentropy pretrain --out src/rlentropy/assets/tiny-countdown --seed {m["seed"]}
 
-Recipe (`rlentropy.models.pretrain.PretrainConfig`): {r['steps']} AdamW steps of {r['batch_size']}
-sequences, peak lr {r['lr']} (warm-up {r['warmup']} steps, cosine to 10 %), weight decay
-{r['weight_decay']}, loss on the answer tokens and <eos> only, {r['train_size']} countdown train
-problems (data.seed 0, default task parameters), torch threads {r['threads']}. Deterministic given the
-seed on CPU (same torch version). Measured with torch {m['torch_version']}: {m['train_seconds']:.0f} s
-of training, {m['total_seconds']:.0f} s in all.
+Recipe (`rlentropy.models.pretrain.PretrainConfig`): {r["steps"]} AdamW steps of {r["batch_size"]}
+sequences, peak lr {r["lr"]} (warm-up {r["warmup"]} steps, cosine to 10 %), weight decay
+{r["weight_decay"]}, loss on the answer tokens and <eos> only, {r["train_size"]} countdown train
+problems (data.seed 0, default task parameters), torch threads {r["threads"]}. Deterministic given the
+seed on CPU (same torch version). Measured with torch {m["torch_version"]}: {m["train_seconds"]:.0f} s
+of training, {m["total_seconds"]:.0f} s in all.
 
-## Evaluation (countdown eval split, {m['eval_prompts']} prompts, {n} samples each, T = 1.0)
+## Evaluation (countdown eval split, {m["eval_prompts"]} prompts, {n} samples each, T = 1.0)
 
 | pass@1 | pass@{n} | token entropy (nats) | response length (tokens) |
 |---|---|---|---|
-| {m['pass@1']:.3f} | {m[f'pass@{n}']:.3f} | {m['entropy']:.3f} | {m['response_len']:.1f} |
+| {m["pass@1"]:.3f} | {m[f"pass@{n}"]:.3f} | {m["entropy"]:.3f} | {m["response_len"]:.1f} |
 
 Prompt format: `Make 22 from 3 5 7:`; the model answers with an expression such as `3*5+7` and
 <eos> (stop string "\\n").

@@ -127,8 +127,7 @@ def load_shipped_policy(*, dtype: torch.dtype = torch.float32):
     path = shipped_policy_path()
     if not (path / "model.safetensors").is_file():
         raise FileNotFoundError(
-            f"{path}: the shipped tiny policy is missing; rebuild it with "
-            f"`rlentropy pretrain --out {path}`"
+            f"{path}: the shipped tiny policy is missing; rebuild it with `rlentropy pretrain --out {path}`"
         )
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model.eval()

@@ -79,10 +79,12 @@ def summary_rows(runs: list[RunData]) -> list[dict[str, str]]:
             "loss": _cfg_get(run.config, "algorithm.loss", "algorithm.policy_loss", "loss.name", "loss"),
             "control": _cfg_get(run.config, "algorithm.control"),
             "steps": str(int(np.nanmax(steps))) if steps.size else "–",
-            "entropy first → last": (f"{_fmt(_first_finite(ent[1]))} → {_fmt(_last_finite(ent[1]))}"
-                                     if ent is not None else "–"),
-            "reward (last 10 steps)": (_fmt(float(np.nanmean(rew[1][-10:]))) if rew is not None
-                                       and np.isfinite(rew[1][-10:]).any() else "–"),
+            "entropy first → last": (
+                f"{_fmt(_first_finite(ent[1]))} → {_fmt(_last_finite(ent[1]))}" if ent is not None else "–"
+            ),
+            "reward (last 10 steps)": (
+                _fmt(float(np.nanmean(rew[1][-10:]))) if rew is not None and np.isfinite(rew[1][-10:]).any() else "–"
+            ),
         }
         pass_cols = run.eval_columns("pass@")
         if pass_cols:
@@ -112,7 +114,7 @@ def _table_html(rows: list[dict[str, str]], runs: list[RunData]) -> str:
             v = html.escape(r.get(c, "–"))
             if c == "run":
                 rgba = run_color(i)
-                col = "#%02x%02x%02x" % tuple(int(255 * x) for x in rgba[:3])
+                col = "#" + "".join(f"{int(255 * x):02x}" for x in rgba[:3])
                 cells.append(f'<td class="l"><span class="swatch" style="background:{col}"></span>{v}</td>')
             else:
                 cells.append(f"<td>{v}</td>")
@@ -161,7 +163,8 @@ def write_report(run_dirs: list[Path | str], out_dir: Path | str | None = None) 
         f"<style>{_CSS}</style></head><body>",
         f"<h1>rlentropy report: {html.escape(', '.join(r.name for r in runs))}</h1>",
         f'<p class="meta">Generated {_dt.datetime.now().strftime("%Y-%m-%d %H:%M")} from '
-        + ", ".join(f"<code>{html.escape(str(r.path))}</code>" for r in runs) + "</p>",
+        + ", ".join(f"<code>{html.escape(str(r.path))}</code>" for r in runs)
+        + "</p>",
         "<h2>Runs</h2>",
         _table_html(summary_rows(runs), runs),
     ]
@@ -181,8 +184,10 @@ def write_report(run_dirs: list[Path | str], out_dir: Path | str | None = None) 
     if omitted:
         parts.append('<h2 id="omitted">Panels not drawn</h2>')
         for res in omitted:
-            parts.append(f'<p class="note" id="note-{res.key}"><b>{html.escape(res.title)}</b>: '
-                         f"{html.escape(res.note or 'no data')}.</p>")
+            parts.append(
+                f'<p class="note" id="note-{res.key}"><b>{html.escape(res.title)}</b>: '
+                f"{html.escape(res.note or 'no data')}.</p>"
+            )
     parts.append("<h2>Configs</h2>")
     for run in runs:
         cfg = run.path / "config.yaml"

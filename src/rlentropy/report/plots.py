@@ -8,8 +8,8 @@ never drawn empty. NaN values stay NaN in the arrays, so matplotlib draws them a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import matplotlib
 
@@ -79,9 +79,15 @@ def _new(nrows: int = 1, ncols: int = 1, w: float = 6.4, h: float = 3.8) -> tupl
     return fig, axes
 
 
-
-def _style(ax, *, xlabel: str, ylabel: str, title: str | None = None,
-           ylim: tuple[float, float] | None = None, legend: int | None = None) -> None:
+def _style(
+    ax,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+    ylim: tuple[float, float] | None = None,
+    legend: int | None = None,
+) -> None:
     """The axis dressing every panel shares: labels, optional title and y-range, a light grid, and a
     legend of the given font size (None: no legend)."""
     if title is not None:
@@ -94,10 +100,14 @@ def _style(ax, *, xlabel: str, ylabel: str, title: str | None = None,
     if legend is not None:
         ax.legend(fontsize=legend)
 
+
 def panel_entropy(runs: list[RunData]) -> PanelResult:
-    res = PanelResult("entropy", "Entropy vs step",
-                      "Token-mean policy entropy of the rollouts at each training step; all runs overlaid. "
-                      "Dashed: entropy of eval samples (rlentropy eval), when present.")
+    res = PanelResult(
+        "entropy",
+        "Entropy vs step",
+        "Token-mean policy entropy of the rollouts at each training step; all runs overlaid. "
+        "Dashed: entropy of eval samples (rlentropy eval), when present.",
+    )
     fig, ax = _new()
     ax = ax[0, 0]
     drawn = False
@@ -120,9 +130,12 @@ def panel_entropy(runs: list[RunData]) -> PanelResult:
 
 
 def panel_reward(runs: list[RunData]) -> PanelResult:
-    res = PanelResult("reward", "Reward and pass rate",
-                      "Left: mean rollout reward per step. Right: fraction of correct rollouts per step "
-                      "(solid) and eval avg@n of the checkpoints (markers).")
+    res = PanelResult(
+        "reward",
+        "Reward and pass rate",
+        "Left: mean rollout reward per step. Right: fraction of correct rollouts per step "
+        "(solid) and eval avg@n of the checkpoints (markers).",
+    )
     have_r = [r.series("reward") for r in runs]
     have_p = [r.series("pass_rate") for r in runs]
     have_e = []
@@ -157,9 +170,11 @@ def panel_reward(runs: list[RunData]) -> PanelResult:
 
 
 def panel_pass_at_k(runs: list[RunData]) -> PanelResult:
-    res = PanelResult("pass_at_k", "pass@k vs step (eval)",
-                      "Unbiased pass@k of each evaluated checkpoint (rlentropy eval), one line per k; "
-                      "one subplot per run.")
+    res = PanelResult(
+        "pass_at_k",
+        "pass@k vs step (eval)",
+        "Unbiased pass@k of each evaluated checkpoint (rlentropy eval), one line per k; one subplot per run.",
+    )
     with_eval = [(i, r) for i, r in enumerate(runs) if r.eval_columns("pass@")]
     if not with_eval:
         res.note = "no eval results (run `rlentropy eval RUN` first to get pass@k per checkpoint)"
@@ -167,7 +182,7 @@ def panel_pass_at_k(runs: list[RunData]) -> PanelResult:
     ncols = min(3, len(with_eval))
     nrows = math.ceil(len(with_eval) / ncols)
     fig, axes = _new(nrows, ncols, w=5.2)
-    for j, (i, run) in enumerate(with_eval):
+    for j, (_, run) in enumerate(with_eval):
         ax = axes[j // ncols, j % ncols]
         cols = run.eval_columns("pass@")
         cmap = plt.get_cmap("viridis")
@@ -183,9 +198,12 @@ def panel_pass_at_k(runs: list[RunData]) -> PanelResult:
 
 
 def panel_controls(runs: list[RunData]) -> PanelResult:
-    res = PanelResult("controls", "Fraction of tokens removed by each control",
-                      "Per step, the fraction of response tokens whose gradient each entropy control "
-                      "(Clip_B, Clip_V, Clip-Cov, KL-Cov, …) removed; one subplot per control.")
+    res = PanelResult(
+        "controls",
+        "Fraction of tokens removed by each control",
+        "Per step, the fraction of response tokens whose gradient each entropy control "
+        "(Clip_B, Clip_V, Clip-Cov, KL-Cov, …) removed; one subplot per control.",
+    )
     series: dict[str, list] = {}
     for i, run in enumerate(runs):
         for name, key in run.controls():
@@ -207,10 +225,13 @@ def panel_controls(runs: list[RunData]) -> PanelResult:
 
 
 def panel_delta_h(runs: list[RunData]) -> PanelResult:
-    res = PanelResult("delta_h", "Predicted vs measured ΔH",
-                      "Each point is one probed step: the first-order prediction ∇H·Δθ from the real optimizer "
-                      "update against the entropy change measured on the probe batch. Line: y = x. "
-                      "r: Pearson correlation; signs agree: fraction of steps where prediction and measurement have the same sign.")
+    res = PanelResult(
+        "delta_h",
+        "Predicted vs measured ΔH",
+        "Each point is one probed step: the first-order prediction ∇H·Δθ from the real optimizer "
+        "update against the entropy change measured on the probe batch. Line: y = x. "
+        "r: Pearson correlation; signs agree: fraction of steps where prediction and measurement have the same sign.",
+    )
     pts = []
     for i, run in enumerate(runs):
         p, m = run.series("pred_dH"), run.series("meas_dH")
@@ -261,11 +282,14 @@ def _stacked_signed_bars(ax, steps: np.ndarray, parts: dict[str, np.ndarray]) ->
 
 
 def panel_quadrants(runs: list[RunData]) -> PanelResult:
-    res = PanelResult("quadrants", "Quadrant contributions per step",
-                      "Entropy pressure of the four quadrants (sign of A × S above / below E_p[S]) at each "
-                      "probed step, stacked (positive parts up, negative parts down); one subplot per run.")
+    res = PanelResult(
+        "quadrants",
+        "Quadrant contributions per step",
+        "Entropy pressure of the four quadrants (sign of A × S above / below E_p[S]) at each "
+        "probed step, stacked (positive parts up, negative parts down); one subplot per run.",
+    )
     items = []
-    for i, run in enumerate(runs):
+    for run in runs:
         fam = run.family(QUADRANT_KEY_PATTERNS)
         if not fam:
             continue
@@ -284,8 +308,10 @@ def panel_quadrants(runs: list[RunData]) -> PanelResult:
         res.note = "no quadrant decomposition in any run (set probes.every > 0 with probes.pressure on)"
         return res
     if all(not np.nan_to_num(v).any() for _, _, parts in items for v in parts.values()):
-        res.note = ("every quadrant contribution is zero at every probed step (no token had a non-zero "
-                    "advantage, e.g. every group was all-correct or all-wrong)")
+        res.note = (
+            "every quadrant contribution is zero at every probed step (no token had a non-zero "
+            "advantage, e.g. every group was all-correct or all-wrong)"
+        )
         return res
     fig, axes = _new(len(items), 1, w=8.0, h=3.4)
     for j, (run, steps, parts) in enumerate(items):
@@ -310,11 +336,14 @@ def chosen_steps(steps: list[int], k: int = 3) -> list[int]:
 
 
 def panel_s_hist(runs: list[RunData]) -> PanelResult:
-    res = PanelResult("s_hist", "Distributions of S and E_p[S]",
-                      "Histograms over response tokens of S = p_k(H + log p_k) (the sampled token's entropy "
-                      "discriminator) and s_bar = E_p[S], at the first, a middle and the last probed step "
-                      "(dynamics/step_N.npz); one figure per run.")
-    for i, run in enumerate(runs):
+    res = PanelResult(
+        "s_hist",
+        "Distributions of S and E_p[S]",
+        "Histograms over response tokens of S = p_k(H + log p_k) (the sampled token's entropy "
+        "discriminator) and s_bar = E_p[S], at the first, a middle and the last probed step "
+        "(dynamics/step_N.npz); one figure per run.",
+    )
+    for run in runs:
         if not run.dynamics:
             continue
         steps = chosen_steps(list(run.dynamics))
@@ -350,8 +379,15 @@ def panel_s_hist(runs: list[RunData]) -> PanelResult:
             hi = max(float(v.max()) for _, v in vals)
             bins = np.linspace(lo, hi if hi > lo else lo + 1e-6, 41)
             for j, (st, v) in enumerate(vals):
-                ax.hist(v, bins=bins, histtype="step", lw=1.5, density=True,
-                        color=cmap(j / max(1, len(vals) - 1) * 0.85), label=f"step {st}")
+                ax.hist(
+                    v,
+                    bins=bins,
+                    histtype="step",
+                    lw=1.5,
+                    density=True,
+                    color=cmap(j / max(1, len(vals) - 1) * 0.85),
+                    label=f"step {st}",
+                )
             ax.set_yscale("log")
             ax.set_xlabel(label)
             ax.set_ylabel("density")
@@ -359,14 +395,19 @@ def panel_s_hist(runs: list[RunData]) -> PanelResult:
             ax.legend(fontsize=8)
         res.figures.append((f"s_hist_{_slug(run.name)}", fig))
     if not res.figures:
-        res.note = "no dynamics/step_N.npz with S or s_bar arrays in any run (set probes.every > 0 in the training config)"
+        res.note = (
+            "no dynamics/step_N.npz with S or s_bar arrays in any run (set probes.every > 0 in the training config)"
+        )
     return res
 
 
 def panel_r_vs_h(runs: list[RunData]) -> PanelResult:
-    res = PanelResult("r_vs_h", "Reward vs entropy, fitted R = −a·e^H + b",
-                      "Each point is one training step (entropy, mean reward); the curve is the least-squares "
-                      "fit of R = −a·e^H + b (Cui et al.) per run.")
+    res = PanelResult(
+        "r_vs_h",
+        "Reward vs entropy, fitted R = −a·e^H + b",
+        "Each point is one training step (entropy, mean reward); the curve is the least-squares "
+        "fit of R = −a·e^H + b (Cui et al.) per run.",
+    )
     fits = []
     for i, run in enumerate(runs):
         h, r = run.series("entropy"), run.series("reward")
@@ -388,17 +429,19 @@ def panel_r_vs_h(runs: list[RunData]) -> PanelResult:
     for i, run, hh, rr, a, b, r2 in fits:
         ax.scatter(hh, rr, s=12, color=run_color(i), alpha=0.7)
         grid = np.linspace(hh.min(), hh.max(), 100)
-        ax.plot(grid, -a * np.exp(grid) + b, color=run_color(i),
-                label=f"{run.name}: a={a:.3g}, b={b:.3g}, R²={r2:.2f}")
+        ax.plot(grid, -a * np.exp(grid) + b, color=run_color(i), label=f"{run.name}: a={a:.3g}, b={b:.3g}, R²={r2:.2f}")
     _style(ax, xlabel="entropy H", ylabel="mean reward R", legend=8)
     res.figures.append(("r_vs_h", fig))
     return res
 
 
 def panel_fisher(runs: list[RunData]) -> PanelResult:
-    res = PanelResult("fisher", "Fisher kernel",
-                      "The per-sequence Fisher / NTK kernel K(i, j) = <g_i, g_j> (metric set by probes.fisher_metric) at the "
-                      "last step that saved one: heat-map and eigenvalue spectrum; one figure per run.")
+    res = PanelResult(
+        "fisher",
+        "Fisher kernel",
+        "The per-sequence Fisher / NTK kernel K(i, j) = <g_i, g_j> (metric set by probes.fisher_metric) at the "
+        "last step that saved one: heat-map and eigenvalue spectrum; one figure per run.",
+    )
     for run in runs:
         kernel, kstep = None, None
         for st in sorted(run.dynamics, reverse=True):

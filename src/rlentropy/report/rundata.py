@@ -51,9 +51,7 @@ CONTROL_KEYS: dict[str, str] = {
 NO_CONTROL = ("none", "ppo", "gspo", "cispo", "ce_gppo")
 
 # quadrant contributions to the first-order ΔH per probed step: regex, group 1 = the quadrant.
-QUADRANT_KEY_PATTERNS: tuple[str, ...] = (
-    r"^probe/quad_(pos_high|pos_low|neg_high|neg_low)/dH$",
-)
+QUADRANT_KEY_PATTERNS: tuple[str, ...] = (r"^probe/quad_(pos_high|pos_low|neg_high|neg_low)/dH$",)
 
 QUADRANT_ORDER = ("pos_high", "pos_low", "neg_high", "neg_low")
 
@@ -269,7 +267,7 @@ class RunData:
 
         def _k(c: str) -> float:
             try:
-                return float(c[len(prefix):])
+                return float(c[len(prefix) :])
             except ValueError:
                 return math.inf
 

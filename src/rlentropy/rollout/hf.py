@@ -36,7 +36,8 @@ the same batch on the same device.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -219,8 +220,9 @@ class HFGenerator:
             raise ValueError(f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
         encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
         if engine == "lean" and encoder_decoder:
-            raise ValueError("engine: 'lean' supports decoder-only models; "
-                             "use 'hf_generate' for encoder-decoder models")
+            raise ValueError(
+                "engine: 'lean' supports decoder-only models; use 'hf_generate' for encoder-decoder models"
+            )
         self.model = model
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
@@ -383,12 +385,18 @@ class HFGenerator:
         T_max = self.max_new_tokens
 
         # Prefill each distinct prompt once; its n samples share the cache rows after the expansion.
-        out = model(input_ids=ids_u, attention_mask=mask_u, position_ids=position_ids_from_mask(mask_u),
-                    use_cache=True, **keep_last)
+        out = model(
+            input_ids=ids_u,
+            attention_mask=mask_u,
+            position_ids=position_ids_from_mask(mask_u),
+            use_cache=True,
+            **keep_last,
+        )
         cache = out.past_key_values
         if cache is None or not hasattr(cache, "reorder_cache"):
-            raise ValueError(f"engine: the model returned no reorderable KV cache ({type(cache).__name__}); "
-                             "use engine='hf_generate'")
+            raise ValueError(
+                f"engine: the model returned no reorderable KV cache ({type(cache).__name__}); use engine='hf_generate'"
+            )
         logits = out.logits[:, -1]  # [U, V]
         del out
         expand = expand_cpu.to(device)  # [b]
@@ -429,8 +437,9 @@ class HFGenerator:
                 token, next_pos, mask = token[keep], next_pos[keep], mask[keep]
             # without left padding among the active rows no mask is needed (plain causal attention)
             step_mask = mask[:, : L + t + 1] if bool(padded.any()) else None  # [a, L + t + 1]
-            logits = model(input_ids=token, attention_mask=step_mask, position_ids=next_pos,
-                           past_key_values=cache, use_cache=True).logits[:, -1]  # [a, V]
+            logits = model(
+                input_ids=token, attention_mask=step_mask, position_ids=next_pos, past_key_values=cache, use_cache=True
+            ).logits[:, -1]  # [a, V]
             next_pos = next_pos + 1
         return out_ids[:, :steps], out_lp[:, :steps]
 
@@ -467,21 +476,21 @@ class HFGenerator:
         rows: list[torch.Tensor] = []
         row_logps: list[torch.Tensor] = []
         for resp, lp in zip(responses, logps):
-            for r, l in zip(resp, lp):
+            for r, lp_row in zip(resp, lp):
                 end, finished, text = self._end_of(r.tolist())
                 ends.append(end)
                 done.append(finished)
                 texts.append(text)
                 rows.append(r[:end])
-                row_logps.append(l[:end])
+                row_logps.append(lp_row[:end])
         B = len(rows)
         T = max(1, max(ends))
         response_ids = torch.full((B, T), self.pad_id, dtype=torch.long)  # [B, T]
         sampler_logp = torch.zeros(B, T, dtype=torch.float32)  # [B, T]
         response_mask = torch.zeros(B, T, dtype=torch.float32)  # [B, T]
-        for b, (r, l, e) in enumerate(zip(rows, row_logps, ends)):
+        for b, (r, lp_row, e) in enumerate(zip(rows, row_logps, ends)):
             response_ids[b, :e] = r
-            sampler_logp[b, :e] = l
+            sampler_logp[b, :e] = lp_row
             response_mask[b, :e] = 1.0
         input_ids = torch.cat([prompt_ids, response_ids], dim=1)  # [B, P + T]
         attention_mask = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)  # [B, P + T]
