@@ -27,8 +27,15 @@ def dry(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("gpu-suite")
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     t0 = time.monotonic()
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu" / "run.sh"), "--dry-run", str(out)],
-                          check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu" / "run.sh"), "--dry-run", str(out)],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wall = time.monotonic() - t0
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     docs = {name: json.loads((out / f"{name}.json").read_text(encoding="utf-8")) for name in SECTIONS}
@@ -101,8 +108,11 @@ def test_autocast_rows_run_and_report_a_number(dry):
         assert r["status"] in ("PASS", "FAIL") and math.isfinite(r["number"]), r
 
 
-@pytest.mark.xfail(strict=False, reason="tokenstats under bf16 autocast: rowdot()'s torch.bmm is autocast to "
-                   "bf16, so H / E_p[S] lose float32 accuracy (docs/gpu.md); passes once the kernels disable autocast")
+@pytest.mark.xfail(
+    strict=False,
+    reason="tokenstats under bf16 autocast: rowdot()'s torch.bmm is autocast to "
+    "bf16, so H / E_p[S] lose float32 accuracy (docs/gpu.md); passes once the kernels disable autocast",
+)
 def test_autocast_forward_rows_pass(dry):
     rows = [r for r in _rows(dry, "correctness") if "autocast" in r["item"] and r["item"].endswith("forward")]
     assert rows and all(r["status"] == "PASS" for r in rows), [(r["item"], r["value"]) for r in rows]
@@ -137,8 +147,10 @@ def test_trainer_sections_pass_exactly_on_cpu(dry):
     for r in _rows(dry, "trainer"):
         if r["item"].startswith("trainer") and "entropy/mean at step 1" in r["item"]:
             assert abs(r["number"] - math.log(128)) < 0.1  # a random policy is near-uniform over V = 128
-    assert _row(dry, "fused", "fused vs unfused old-policy stats (LoRA, bf16 autocast, 2 mini-batches): metrics")[
-        "number"] == 0.0
+    assert (
+        _row(dry, "fused", "fused vs unfused old-policy stats (LoRA, bf16 autocast, 2 mini-batches): metrics")["number"]
+        == 0.0
+    )
     for item in ("rollout response tokens/s", "update response tokens/s"):
         r = _row(dry, "throughput", f"throughput full bf16-autocast: {item}")
         assert r["status"] == "INFO" and r["number"] > 0

@@ -128,8 +128,9 @@ def _report_grads(rec: Recorder, item: str, errs: dict[str, float], dtype: str, 
     tol = UNIT_ROUNDOFF[dtype] + RTOL
     worst = max(errs.values())
     value = ", ".join(f"d{k} {fmt(v, 2)}" for k, v in errs.items())
-    return rec.check(item, worst <= tol, value, f"norm-wise rel err <= u({dtype}) + {RTOL:g} = {tol:.2e}", detail,
-                     number=worst)
+    return rec.check(
+        item, worst <= tol, value, f"norm-wise rel err <= u({dtype}) + {RTOL:g} = {tol:.2e}", detail, number=worst
+    )
 
 
 def run(rec: Recorder, ctx: Ctx) -> None:
@@ -144,11 +145,15 @@ def run(rec: Recorder, ctx: Ctx) -> None:
     rec.data["sizes"] = sz
     rec.data["rtol"] = RTOL
     if dev == "cuda":
-        rec.data["tf32_default"] = {"matmul": torch.backends.cuda.matmul.allow_tf32,
-                                    "cudnn": torch.backends.cudnn.allow_tf32,
-                                    "float32_matmul_precision": torch.get_float32_matmul_precision()}
-    known = ("package issue: rowdot()'s torch.bmm is autocast to bf16, so w and u (H, E_p[S]) lose "
-             "float32 accuracy; see docs/gpu.md")
+        rec.data["tf32_default"] = {
+            "matmul": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn": torch.backends.cudnn.allow_tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        }
+    known = (
+        "package issue: rowdot()'s torch.bmm is autocast to bf16, so w and u (H, E_p[S]) lose "
+        "float32 accuracy; see docs/gpu.md"
+    )
 
     # ---------------------------------------------------------------- logits path: token_stats
     gen = torch.Generator().manual_seed(0)
@@ -175,8 +180,9 @@ def run(rec: Recorder, ctx: Ctx) -> None:
                 ((st.logp.double() * g_logp.to(dev) + st.entropy.double() * g_ent.to(dev)).sum()).backward()
                 tag = f"token_stats {dt_name} V={vocab}" + (" under bf16 autocast" if autocast else "")
                 _report_forward(rec, f"{tag}: forward", field_errors(st, ref, scales), known if autocast else "")
-                _report_grads(rec, f"{tag}: grad", {"logits": grad_error(leaf.grad, want)}, dt_name,
-                              known if autocast else "")
+                _report_grads(
+                    rec, f"{tag}: grad", {"logits": grad_error(leaf.grad, want)}, dt_name, known if autocast else ""
+                )
             del z_dev, x64, ref, scales, want
         except Exception as err:  # noqa: BLE001 - one failing dtype must not hide the others
             rec.fail(f"token_stats {dt_name}", err)
@@ -228,8 +234,11 @@ def run(rec: Recorder, ctx: Ctx) -> None:
                 if tf32:
                     # Information only: TF32 (a user's global setting) rounds the GEMM and rowdot inputs
                     # to 10 mantissa bits, so the float32 claims do not hold under it.
-                    rec.info(f"{tag}: forward max err/scale", max(errs.values()),
-                             ", ".join(f"{k} {fmt(v, 2)}" for k, v in errs.items()))
+                    rec.info(
+                        f"{tag}: forward max err/scale",
+                        max(errs.values()),
+                        ", ".join(f"{k} {fmt(v, 2)}" for k, v in errs.items()),
+                    )
                     rec.info(f"{tag}: grad norm-wise rel err", max(gerrs.values()))
                     continue
                 _report_forward(rec, f"{tag}: forward", errs, known if autocast else "")
@@ -269,8 +278,12 @@ def reductions(rec: Recorder, ctx: Ctx, vocab: int) -> None:
     total = ed.sum(dim=1).double().cpu()  # [8]
     err_dot = float(((dot - want_dot).abs() / want_dot).max())
     err_sum = float(((total - want_sum).abs() / want_sum).max())
-    rec.info(f"diagnostic: batched-dot (torch.bmm, as rowdot) fp32 rel err, V={vocab}", err_dot,
-             "serial accumulation shows as >~1e-5 at V=151,936", number=err_dot)
+    rec.info(
+        f"diagnostic: batched-dot (torch.bmm, as rowdot) fp32 rel err, V={vocab}",
+        err_dot,
+        "serial accumulation shows as >~1e-5 at V=151,936",
+        number=err_dot,
+    )
     rec.info(f"diagnostic: torch.sum fp32 rel err, V={vocab}", err_sum, number=err_sum)
 
 
@@ -291,8 +304,11 @@ def theorem_3_2(rec: Recorder, ctx: Ctx, vocab: int) -> None:
     ks = []
     for r in range(4):
         p = torch.softmax(z[r].double(), -1)
-        ks += [(r, int(z[r].argmax())), (r, int(torch.multinomial(p, 1, generator=gen))),
-               (r, int(torch.randint(0, vocab, (1,), generator=gen)))]
+        ks += [
+            (r, int(z[r].argmax())),
+            (r, int(torch.multinomial(p, 1, generator=gen))),
+            (r, int(torch.randint(0, vocab, (1,), generator=gen))),
+        ]
     rows = torch.tensor([r for r, _ in ks])
     toks = torch.tensor([k for _, k in ks])
     zz = z[rows].to(ctx.device).requires_grad_()  # [R, V]
@@ -318,7 +334,17 @@ def theorem_3_2(rec: Recorder, ctx: Ctx, vocab: int) -> None:
         fd_err = max(fd_err, abs(fd + float(s[i])) / scale)
         bw_err = max(bw_err, abs(float(grad_k[i]) + float(s[i])) / scale)
     n = len(ks)
-    rec.check(f"Theorem 3.2: central difference dH/dz_k = -S_k ({n} rows x tokens, V={vocab})", fd_err <= RTOL,
-              fd_err, f"|fd + S| / (p_k (H + |log p_k|)) <= {RTOL:g}", number=fd_err)
-    rec.check(f"Theorem 3.2: custom backward dH/dz_k = -S_k ({n} cases)", bw_err <= RTOL, bw_err,
-              f"same, <= {RTOL:g}", number=bw_err)
+    rec.check(
+        f"Theorem 3.2: central difference dH/dz_k = -S_k ({n} rows x tokens, V={vocab})",
+        fd_err <= RTOL,
+        fd_err,
+        f"|fd + S| / (p_k (H + |log p_k|)) <= {RTOL:g}",
+        number=fd_err,
+    )
+    rec.check(
+        f"Theorem 3.2: custom backward dH/dz_k = -S_k ({n} cases)",
+        bw_err <= RTOL,
+        bw_err,
+        f"same, <= {RTOL:g}",
+        number=bw_err,
+    )

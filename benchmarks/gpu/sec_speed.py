@@ -40,9 +40,16 @@ def grid(dry: bool) -> tuple[int, list[tuple[str, int, int]]]:
     """(V, [(dtype, d, N), ...]) in priority order: the 8k-token cases of both dtypes come first."""
     if dry:
         return 512, [("bfloat16", 16, 64), ("float32", 16, 64)]
-    return 151_936, [("bfloat16", 1536, 8192), ("bfloat16", 3584, 8192), ("float32", 1536, 8192),
-                     ("float32", 3584, 8192), ("bfloat16", 1536, 32768), ("bfloat16", 3584, 32768),
-                     ("float32", 1536, 32768), ("float32", 3584, 32768)]
+    return 151_936, [
+        ("bfloat16", 1536, 8192),
+        ("bfloat16", 3584, 8192),
+        ("float32", 1536, 8192),
+        ("float32", 3584, 8192),
+        ("bfloat16", 1536, 32768),
+        ("bfloat16", 3584, 32768),
+        ("float32", 1536, 32768),
+        ("float32", 3584, 32768),
+    ]
 
 
 # ------------------------------------------------------------------------------------------ the methods
@@ -115,8 +122,14 @@ def make_method(name: str, hidden: Any, weight: Any, tokens: Any, backward: bool
     def matmul() -> tuple:
         return (hidden @ weight.T,)  # [N, V]
 
-    fns = {"naive": naive, "verl": verl, "liger": liger, "matmul": matmul,
-           "hidden": hidden_path(256 * 2**20), "hidden_ws4g": hidden_path(4 * 2**30)}
+    fns = {
+        "naive": naive,
+        "verl": verl,
+        "liger": liger,
+        "matmul": matmul,
+        "hidden": hidden_path(256 * 2**20),
+        "hidden_ws4g": hidden_path(4 * 2**30),
+    }
     fn = fns[name]
 
     def call() -> None:
@@ -238,8 +251,16 @@ def one_size(rec: Recorder, ctx: Ctx, vocab: int, dt_name: str, d: int, n: int, 
     report_targets(rec, ctx, tag, res)
 
 
-def report_case(rec: Recorder, tag: str, vocab: int, d: int, n: int, res: dict[tuple[str, bool], dict[str, Any]],
-                name: str, backward: bool) -> None:
+def report_case(
+    rec: Recorder,
+    tag: str,
+    vocab: int,
+    d: int,
+    n: int,
+    res: dict[tuple[str, bool], dict[str, Any]],
+    name: str,
+    backward: bool,
+) -> None:
     """The row of one measured case (time, ratios to naive and matmul, peak, TFLOP/s), written at once.
 
     The baselines come first in METHODS_FWD / METHODS_BWD, so their figures are there already.
@@ -256,15 +277,28 @@ def report_case(rec: Recorder, tag: str, vocab: int, d: int, n: int, res: dict[t
     # ours 4 (fwd, recompute, dhidden, dW), Liger 3 (all in its forward)
     gemms = 1 if not backward else (4 if name in OURS else 3)
     tflops = gemms * gemm_flop / t / 1e12
-    row = {"dtype": tag.split()[0], "d": d, "N": n, "V": vocab, "method": name,
-           "backward": backward, "seconds": t, "reps": r["reps"], "peak_bytes": peak,
-           "time_vs_naive": ratio_naive, "time_vs_matmul": ratio_mm, "mem_vs_naive": mem_ratio,
-           "gemm_tflops": tflops}
+    row = {
+        "dtype": tag.split()[0],
+        "d": d,
+        "N": n,
+        "V": vocab,
+        "method": name,
+        "backward": backward,
+        "seconds": t,
+        "reps": r["reps"],
+        "peak_bytes": peak,
+        "time_vs_naive": ratio_naive,
+        "time_vs_matmul": ratio_mm,
+        "mem_vs_naive": mem_ratio,
+        "gemm_tflops": tflops,
+    }
     rec.data["rows"].append(row)
     mode = "fwd+bwd" if backward else "fwd"
-    value = (f"{t * 1e3:.4g} ms; x{fmt(ratio_naive)} naive; x{fmt(ratio_mm)} matmul; "
-             f"peak {fmt(peak / 2**30 if peak is not None else None)} GiB (x{fmt(mem_ratio)} naive); "
-             f"GEMM {tflops:.3g} TFLOP/s")
+    value = (
+        f"{t * 1e3:.4g} ms; x{fmt(ratio_naive)} naive; x{fmt(ratio_mm)} matmul; "
+        f"peak {fmt(peak / 2**30 if peak is not None else None)} GiB (x{fmt(mem_ratio)} naive); "
+        f"GEMM {tflops:.3g} TFLOP/s"
+    )
     rec.info(f"{tag} {mode} {name}", value, detail=f"{r['reps']} timed calls", number=t)
 
 
@@ -275,11 +309,27 @@ def report_targets(rec: Recorder, ctx: Ctx, tag: str, res: dict[tuple[str, bool]
     for ours in OURS:
         fb, nb = res.get((ours, True), {}), res.get(("naive", True), {})
         ff = res.get((ours, False), {})
-        _target(rec, ctx, f"{tag} target: {ours} fwd+bwd time <= {TARGET_BWD_TIME}x naive", fb, nb,
-                "seconds", TARGET_BWD_TIME, dry_note)
+        _target(
+            rec,
+            ctx,
+            f"{tag} target: {ours} fwd+bwd time <= {TARGET_BWD_TIME}x naive",
+            fb,
+            nb,
+            "seconds",
+            TARGET_BWD_TIME,
+            dry_note,
+        )
         _target(rec, ctx, f"{tag} target: {ours} fwd+bwd peak <= 1/8 naive", fb, nb, "peak", TARGET_BWD_MEM, dry_note)
-        _target(rec, ctx, f"{tag} target: {ours} no-grad time <= {TARGET_FWD_MATMUL}x matmul", ff, mm,
-                "seconds", TARGET_FWD_MATMUL, dry_note)
+        _target(
+            rec,
+            ctx,
+            f"{tag} target: {ours} no-grad time <= {TARGET_FWD_MATMUL}x matmul",
+            ff,
+            mm,
+            "seconds",
+            TARGET_FWD_MATMUL,
+            dry_note,
+        )
 
 
 def _target(rec: Recorder, ctx: Ctx, item: str, ours: dict, base: dict, key: str, limit: float, dry_note: str) -> None:

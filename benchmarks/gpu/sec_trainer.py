@@ -31,8 +31,16 @@ from typing import Any
 from suite_util import Ctx, Recorder, fmt, free_device_memory
 
 TASK = "gpu_suite_parity"
-CORE_KEYS = ("entropy/mean", "entropy/surprisal", "entropy/s_mean", "entropy/s_bar_mean", "loss/total",
-             "optim/grad_norm", "reward/mean", "policy/ratio_mean")
+CORE_KEYS = (
+    "entropy/mean",
+    "entropy/surprisal",
+    "entropy/s_mean",
+    "entropy/s_bar_mean",
+    "loss/total",
+    "optim/grad_norm",
+    "reward/mean",
+    "policy/ratio_mean",
+)
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 CHARS = ["\n"] + [chr(c) for c in range(32, 127)]
 
@@ -85,10 +93,24 @@ def register_parity_task() -> None:
 def model_shape(dry: bool) -> dict[str, int]:
     """Qwen2Config fields: Qwen2.5-0.5B's shape on the GPU (494M parameters), a toy in the dry run."""
     if dry:
-        return {"vocab_size": 128, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
-                "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 256}
-    return {"vocab_size": 151_936, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-            "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 4096}
+        return {
+            "vocab_size": 128,
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 256,
+        }
+    return {
+        "vocab_size": 151_936,
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+    }
 
 
 def build_tokenizer(vocab_size: int) -> Any:
@@ -105,8 +127,15 @@ def build_tokenizer(vocab_size: int) -> Any:
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                   unk_token="<unk>", padding_side="left", model_max_length=4096)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+        model_max_length=4096,
+    )
 
 
 def build_model(ctx: Ctx, rec: Recorder | None = None) -> Path:
@@ -143,8 +172,15 @@ def build_model(ctx: Ctx, rec: Recorder | None = None) -> Path:
 # ------------------------------------------------------------------------------------------ configs and runs
 
 
-def make_config(ctx: Ctx, model_dir: Path, run_dir: Path, *, lora: bool, steps: int,
-                overrides: dict[str, dict[str, Any]] | None = None) -> Any:
+def make_config(
+    ctx: Ctx,
+    model_dir: Path,
+    run_dir: Path,
+    *,
+    lora: bool,
+    steps: int,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Any:
     """A `RunConfig` for `run_training`, written as a YAML file (JSON is YAML) and read with `load_config`."""
     from rlentropy.train import load_config
 
@@ -152,15 +188,23 @@ def make_config(ctx: Ctx, model_dir: Path, run_dir: Path, *, lora: bool, steps: 
     data: dict[str, Any] = {
         "name": run_dir.name,
         "run_dir": str(run_dir),
-        "model": {"path": str(model_dir), "bf16_autocast": True,
-                  # full-parameter: float32 master weights under bf16 autocast; LoRA: bf16 base ("auto" on GPU)
-                  "dtype": "auto" if lora else "float32",
-                  "lora": {"enabled": lora, "r": 16 if not dry else 4, "alpha": 32 if not dry else 8}},
+        "model": {
+            "path": str(model_dir),
+            "bf16_autocast": True,
+            # full-parameter: float32 master weights under bf16 autocast; LoRA: bf16 base ("auto" on GPU)
+            "dtype": "auto" if lora else "float32",
+            "lora": {"enabled": lora, "r": 16 if not dry else 4, "alpha": 32 if not dry else 8},
+        },
         "data": {"task": TASK},
         "rollout": {"max_new_tokens": 8 if dry else 16, "temperature": 1.0},
         "optim": {"lr": 1e-4 if lora else 1e-5, "weight_decay": 0.0},
-        "train": {"steps": steps, "prompts_per_step": 2 if dry else 4, "group_size": 4, "seed": 0,
-                  "device": ctx.device},
+        "train": {
+            "steps": steps,
+            "prompts_per_step": 2 if dry else 4,
+            "group_size": 4,
+            "seed": 0,
+            "device": ctx.device,
+        },
         "checkpoint": {"every": 0, "keep_last": 1, "save_final": True},
         "logging": {"tensorboard": False},
     }
@@ -191,8 +235,9 @@ def final_weights(run_dir: Path) -> dict[str, Any]:
     """Every tensor of the newest checkpoint's safetensors files (full model or LoRA adapter)."""
     from safetensors.torch import load_file
 
-    steps = sorted((p for p in (run_dir / "checkpoints").glob("step_*") if p.is_dir()),
-                   key=lambda p: int(p.name.split("_")[1]))
+    steps = sorted(
+        (p for p in (run_dir / "checkpoints").glob("step_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1])
+    )
     if not steps:
         raise FileNotFoundError(f"{run_dir}: no checkpoint")
     out: dict[str, Any] = {}
@@ -206,14 +251,18 @@ def final_weights(run_dir: Path) -> dict[str, Any]:
 def compare_weights(a: dict[str, Any], b: dict[str, Any], lr: float) -> dict[str, Any]:
     """bitwise equality, max |a - b| and rms(a - b), the last two in units of the learning rate."""
     if set(a) != set(b):
-        return {"same_keys": False, "bitwise": False, "max_in_lr": math.inf, "rms_in_lr": math.inf,
-                "tensors": len(a)}
+        return {"same_keys": False, "bitwise": False, "max_in_lr": math.inf, "rms_in_lr": math.inf, "tensors": len(a)}
     bitwise, max_abs, sq, count = True, 0.0, 0.0, 0
     for k, x in a.items():
         y = b[k]
         if x.shape != y.shape:
-            return {"same_keys": True, "bitwise": False, "max_in_lr": math.inf, "rms_in_lr": math.inf,
-                    "tensors": len(a)}
+            return {
+                "same_keys": True,
+                "bitwise": False,
+                "max_in_lr": math.inf,
+                "rms_in_lr": math.inf,
+                "tensors": len(a),
+            }
         if not x.is_floating_point():
             bitwise = bitwise and bool((x == y).all())
             continue
@@ -224,8 +273,14 @@ def compare_weights(a: dict[str, Any], b: dict[str, Any], lr: float) -> dict[str
             max_abs = max(max_abs, float(diff.abs().max()))
             sq += float((diff * diff).sum())
         count += x.numel()
-    return {"same_keys": True, "bitwise": bitwise, "max_in_lr": max_abs / lr,
-            "rms_in_lr": math.sqrt(sq / max(count, 1)) / lr, "tensors": len(a), "elements": count}
+    return {
+        "same_keys": True,
+        "bitwise": bitwise,
+        "max_in_lr": max_abs / lr,
+        "rms_in_lr": math.sqrt(sq / max(count, 1)) / lr,
+        "tensors": len(a),
+        "elements": count,
+    }
 
 
 def compare_metrics(a: dict[str, Any], b: dict[str, Any], rel: float, abs_: float) -> tuple[float, str]:
@@ -259,10 +314,19 @@ def tolerances(ctx: Ctx) -> dict[str, float]:
 
 def check_finite(rec: Recorder, tag: str, history: list[dict[str, Any]], vocab: int) -> None:
     """Finite core metrics every step, no skipped update; the entropy against log V (information)."""
-    bad = [f"step {i + 1} {k}={h.get(k)}" for i, h in enumerate(history) for k in CORE_KEYS
-           if not (isinstance(h.get(k), (int, float)) and math.isfinite(h[k]))]
-    rec.check(f"{tag}: core metrics finite ({len(history)} steps)", not bad and len(history) > 0,
-              "all finite" if not bad else "; ".join(bad[:4]), ", ".join(CORE_KEYS), number=float(len(bad)))
+    bad = [
+        f"step {i + 1} {k}={h.get(k)}"
+        for i, h in enumerate(history)
+        for k in CORE_KEYS
+        if not (isinstance(h.get(k), (int, float)) and math.isfinite(h[k]))
+    ]
+    rec.check(
+        f"{tag}: core metrics finite ({len(history)} steps)",
+        not bad and len(history) > 0,
+        "all finite" if not bad else "; ".join(bad[:4]),
+        ", ".join(CORE_KEYS),
+        number=float(len(bad)),
+    )
     skipped = sum(float(h.get("train/skipped_updates") or 0) for h in history)
     rec.check(f"{tag}: no skipped (non-finite) update", skipped == 0, skipped, "0")
     others = [k for h in history for k, v in h.items() if v is None or (isinstance(v, float) and not math.isfinite(v))]
@@ -303,13 +367,22 @@ def run_trainer(rec: Recorder, ctx: Ctx) -> None:
             w = compare_weights(final_weights(root / "straight"), final_weights(root / "cut"), lr)
             rec.data[f"{kind}_resume_weights"] = w
             ok = w["bitwise"] if tol["w_rms_in_lr"] == 0 else w["rms_in_lr"] <= tol["w_rms_in_lr"]
-            rec.check(f"{tag}: 2 steps straight = 1 + resume: final weights", ok,
-                      f"bitwise {w['bitwise']}, rms {fmt(w['rms_in_lr'])} lr, max {fmt(w['max_in_lr'])} lr",
-                      "bitwise" if tol["w_rms_in_lr"] == 0 else f"rms(diff) <= {tol['w_rms_in_lr']} lr",
-                      f"{w['tensors']} tensors", number=w["rms_in_lr"])
+            rec.check(
+                f"{tag}: 2 steps straight = 1 + resume: final weights",
+                ok,
+                f"bitwise {w['bitwise']}, rms {fmt(w['rms_in_lr'])} lr, max {fmt(w['max_in_lr'])} lr",
+                "bitwise" if tol["w_rms_in_lr"] == 0 else f"rms(diff) <= {tol['w_rms_in_lr']} lr",
+                f"{w['tensors']} tensors",
+                number=w["rms_in_lr"],
+            )
             worst, where = compare_metrics(straight[-1], resumed[-1], tol["m_rel"], tol["m_abs"])
-            rec.check(f"{tag}: resumed step-2 metrics = straight", worst <= 1.0 and len(resumed) == 1,
-                      f"worst {fmt(worst)} ({where})", f"rel {tol['m_rel']:g}, abs {tol['m_abs']:g}", number=worst)
+            rec.check(
+                f"{tag}: resumed step-2 metrics = straight",
+                worst <= 1.0 and len(resumed) == 1,
+                f"worst {fmt(worst)} ({where})",
+                f"rel {tol['m_rel']:g}, abs {tol['m_abs']:g}",
+                number=worst,
+            )
         except Exception as err:  # noqa: BLE001
             rec.fail(tag, err)
         finally:
@@ -327,8 +400,14 @@ def run_fused(rec: Recorder, ctx: Ctx) -> None:
     try:
         runs = {}
         for fuse in (True, False):
-            cfg = make_config(ctx, model_dir, root / f"fuse-{fuse}", lora=True, steps=2,
-                              overrides={"train": {"fuse_old_stats": fuse, "mini_batches": 2}})
+            cfg = make_config(
+                ctx,
+                model_dir,
+                root / f"fuse-{fuse}",
+                lora=True,
+                steps=2,
+                overrides={"train": {"fuse_old_stats": fuse, "mini_batches": 2}},
+            )
             runs[fuse] = train(cfg)
             lr = cfg.optim.lr
         worst = 0.0
@@ -338,15 +417,24 @@ def run_fused(rec: Recorder, ctx: Ctx) -> None:
             if dev > worst:
                 worst, where = dev, f"step {step} {at}"
         n_steps = (len(runs[True]), len(runs[False]))
-        rec.check(f"{tag}: metrics", worst <= 1.0 and n_steps == (2, 2), f"worst {fmt(worst)} ({where})",
-                  f"rel {tol['m_rel']:g}, abs {tol['m_abs']:g}", number=worst)
+        rec.check(
+            f"{tag}: metrics",
+            worst <= 1.0 and n_steps == (2, 2),
+            f"worst {fmt(worst)} ({where})",
+            f"rel {tol['m_rel']:g}, abs {tol['m_abs']:g}",
+            number=worst,
+        )
         w = compare_weights(final_weights(root / "fuse-True"), final_weights(root / "fuse-False"), lr)
         rec.data["weights"] = w
         # the CPU claim (tests/test_train_fused.py) is rtol 1e-6 / atol 1e-8, i.e. ~1e-4 lr here
         limit = 1e-4 if ctx.device == "cpu" else tol["w_rms_in_lr"]
-        rec.check(f"{tag}: final adapter weights", w["rms_in_lr"] <= limit,
-                  f"bitwise {w['bitwise']}, rms {fmt(w['rms_in_lr'])} lr, max {fmt(w['max_in_lr'])} lr",
-                  f"rms(diff) <= {limit:g} lr", number=w["rms_in_lr"])
+        rec.check(
+            f"{tag}: final adapter weights",
+            w["rms_in_lr"] <= limit,
+            f"bitwise {w['bitwise']}, rms {fmt(w['rms_in_lr'])} lr, max {fmt(w['max_in_lr'])} lr",
+            f"rms(diff) <= {limit:g} lr",
+            number=w["rms_in_lr"],
+        )
     except Exception as err:  # noqa: BLE001
         rec.fail(tag, err)
     finally:
@@ -364,10 +452,18 @@ def run_throughput(rec: Recorder, ctx: Ctx) -> None:
     batch = f"{prompts} prompts x {group} samples, {new_tokens} new tokens, steps 2..{steps}"
     tag = "throughput full bf16-autocast"
     try:
-        cfg = make_config(ctx, model_dir, root / "run", lora=False, steps=steps,
-                          overrides={"rollout": {"max_new_tokens": new_tokens},
-                                     "train": {"prompts_per_step": prompts, "group_size": group},
-                                     "checkpoint": {"save_final": False}})
+        cfg = make_config(
+            ctx,
+            model_dir,
+            root / "run",
+            lora=False,
+            steps=steps,
+            overrides={
+                "rollout": {"max_new_tokens": new_tokens},
+                "train": {"prompts_per_step": prompts, "group_size": group},
+                "checkpoint": {"save_final": False},
+            },
+        )
         if ctx.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         hist = train(cfg)
@@ -380,12 +476,21 @@ def run_throughput(rec: Recorder, ctx: Ctx) -> None:
 
         seqs = prompts * group
         tokens = mean("response/length_mean") * seqs
-        rollout_s, update_s, stats_s, step_s = (mean(k) for k in ("time/rollout", "time/update", "time/stats",
-                                                                   "time/step"))
-        rec.info(f"{tag}: rollout response tokens/s", tokens / rollout_s, f"{batch}; {rollout_s:.3g} s/step",
-                 number=tokens / rollout_s)
-        rec.info(f"{tag}: update response tokens/s", tokens / update_s, f"{batch}; {update_s:.3g} s/step",
-                 number=tokens / update_s)
+        rollout_s, update_s, stats_s, step_s = (
+            mean(k) for k in ("time/rollout", "time/update", "time/stats", "time/step")
+        )
+        rec.info(
+            f"{tag}: rollout response tokens/s",
+            tokens / rollout_s,
+            f"{batch}; {rollout_s:.3g} s/step",
+            number=tokens / rollout_s,
+        )
+        rec.info(
+            f"{tag}: update response tokens/s",
+            tokens / update_s,
+            f"{batch}; {update_s:.3g} s/step",
+            number=tokens / update_s,
+        )
         rec.info(f"{tag}: step seconds (stats {stats_s:.3g} s)", step_s, f"{tokens:.0f} response tokens/step")
         if ctx.device == "cuda":
             rec.info(f"{tag}: peak CUDA memory GiB", torch.cuda.max_memory_allocated() / 2**30)
@@ -410,8 +515,14 @@ def run_fourbit(rec: Recorder, ctx: Ctx) -> None:
     model_dir = build_model(ctx, rec)
     root = ctx.work / "fourbit"
     try:
-        cfg = make_config(ctx, model_dir, root / "run", lora=True, steps=1,
-                          overrides={"model": {"load_in_4bit": True}, "checkpoint": {"save_final": False}})
+        cfg = make_config(
+            ctx,
+            model_dir,
+            root / "run",
+            lora=True,
+            steps=1,
+            overrides={"model": {"load_in_4bit": True}, "checkpoint": {"save_final": False}},
+        )
         check_finite(rec, tag, train(cfg), model_shape(ctx.dry)["vocab_size"])
     except Exception as err:  # noqa: BLE001
         rec.fail(tag, err)

@@ -59,13 +59,32 @@ GRACE_S = 30.0  # a section is killed this long after its budget
 HEAVY = ("torch", "numpy", "transformers", "peft", "accelerate")
 
 # rlentropy's runtime dependencies (pyproject.toml) -> import name, and whether the suite needs them
-RUNTIME_DEPS = {"torch": ("torch", True), "numpy": ("numpy", True), "transformers": ("transformers", True),
-                "peft": ("peft", True), "accelerate": ("accelerate", True), "safetensors": ("safetensors", True),
-                "pydantic": ("pydantic", True), "pyyaml": ("yaml", True), "typer": ("typer", False),
-                "rich": ("rich", False), "tensorboard": ("tensorboard", False), "matplotlib": ("matplotlib", False),
-                "math-verify": ("math_verify", False), "gguf": ("gguf", False), "pyarrow": ("pyarrow", False)}
-SUITE_MODULES = ("rlentropy.tokenstats", "rlentropy.tokenstats.reference", "rlentropy.train",
-                 "rlentropy.models.forward", "rlentropy.models.loading", "rlentropy.data", "rlentropy.rollout.hf")
+RUNTIME_DEPS = {
+    "torch": ("torch", True),
+    "numpy": ("numpy", True),
+    "transformers": ("transformers", True),
+    "peft": ("peft", True),
+    "accelerate": ("accelerate", True),
+    "safetensors": ("safetensors", True),
+    "pydantic": ("pydantic", True),
+    "pyyaml": ("yaml", True),
+    "typer": ("typer", False),
+    "rich": ("rich", False),
+    "tensorboard": ("tensorboard", False),
+    "matplotlib": ("matplotlib", False),
+    "math-verify": ("math_verify", False),
+    "gguf": ("gguf", False),
+    "pyarrow": ("pyarrow", False),
+}
+SUITE_MODULES = (
+    "rlentropy.tokenstats",
+    "rlentropy.tokenstats.reference",
+    "rlentropy.train",
+    "rlentropy.models.forward",
+    "rlentropy.models.loading",
+    "rlentropy.data",
+    "rlentropy.rollout.hf",
+)
 
 
 # ------------------------------------------------------------------------------------------ env section
@@ -88,8 +107,19 @@ def run_env(rec: Recorder, ctx: Ctx) -> None:
 
     rec.info("python", platform.python_version(), sys.executable)
     rec.info("torch", torch.__version__, f"CUDA {torch.version.cuda}")
-    for dist in ("transformers", "peft", "accelerate", "triton", "numpy", "tokenizers", "safetensors", "pydantic",
-                 "pyyaml", "liger-kernel", "bitsandbytes"):
+    for dist in (
+        "transformers",
+        "peft",
+        "accelerate",
+        "triton",
+        "numpy",
+        "tokenizers",
+        "safetensors",
+        "pydantic",
+        "pyyaml",
+        "liger-kernel",
+        "bitsandbytes",
+    ):
         rec.info(f"version {dist}", _version(dist) or "absent")
     rec.data["carried_wheels"] = os.environ.get("RLENTROPY_GPU_WHEELS", "").split()
     rec.info("carried wheels installed", len(rec.data["carried_wheels"]), " ".join(rec.data["carried_wheels"])[:200])
@@ -98,11 +128,19 @@ def run_env(rec: Recorder, ctx: Ctx) -> None:
         rec.check("CUDA available", ok, ok, "True")
         if ok:
             props = torch.cuda.get_device_properties(0)
-            rec.info("device", props.name, f"{props.total_memory / 2**30:.1f} GiB, sm_{props.major}{props.minor}, "
-                     f"{torch.cuda.device_count()} visible")
+            rec.info(
+                "device",
+                props.name,
+                f"{props.total_memory / 2**30:.1f} GiB, sm_{props.major}{props.minor}, "
+                f"{torch.cuda.device_count()} visible",
+            )
             rec.info("TF32 for float32 matmul (torch default False)", torch.backends.cuda.matmul.allow_tf32)
-            rec.data["device"] = {"name": props.name, "memory": props.total_memory,
-                                  "capability": [props.major, props.minor], "count": torch.cuda.device_count()}
+            rec.data["device"] = {
+                "name": props.name,
+                "memory": props.total_memory,
+                "capability": [props.major, props.minor],
+                "count": torch.cuda.device_count(),
+            }
             if torch.cuda.device_count() < 2:
                 rec.skip("multi-GPU", f"{torch.cuda.device_count()} GPU visible")
             else:
@@ -112,13 +150,20 @@ def run_env(rec: Recorder, ctx: Ctx) -> None:
         present = importlib.util.find_spec(mod) is not None
         if needed and not present:
             missing_needed.append(dist)
-        rec.data.setdefault("runtime_deps", {})[dist] = {"present": present, "version": _version(dist),
-                                                        "needed_by_suite": needed}
+        rec.data.setdefault("runtime_deps", {})[dist] = {
+            "present": present,
+            "version": _version(dist),
+            "needed_by_suite": needed,
+        }
     absent = [d for d, v in rec.data["runtime_deps"].items() if not v["present"]]
     rec.info("rlentropy runtime deps absent here", len(absent), ", ".join(absent) or "none")
-    rec.check("runtime deps the suite needs are importable", not missing_needed,
-              ", ".join(missing_needed) or "all", ", ".join(d for d, (_, n) in RUNTIME_DEPS.items() if n),
-              "run benchmarks/gpu/fetch_wheels.sh and carry .whl/" if missing_needed else "")
+    rec.check(
+        "runtime deps the suite needs are importable",
+        not missing_needed,
+        ", ".join(missing_needed) or "all",
+        ", ".join(d for d, (_, n) in RUNTIME_DEPS.items() if n),
+        "run benchmarks/gpu/fetch_wheels.sh and carry .whl/" if missing_needed else "",
+    )
     for mod in SUITE_MODULES:
         try:
             importlib.import_module(mod)
@@ -214,25 +259,47 @@ def run_section(name: str, spec: str, args: argparse.Namespace, budget: float, s
     """Start the section's process, wait at most budget + grace, record a FAIL row if it was killed or died."""
     path = args.out / f"{name}.json"
     ctx = mp.get_context(args.start_method)
-    proc = ctx.Process(target=_child, args=(name, spec, args.dry_run, str(args.out), str(args.work), budget),
-                       name=f"suite-{name}")
+    proc = ctx.Process(
+        target=_child, args=(name, spec, args.dry_run, str(args.out), str(args.work), budget), name=f"suite-{name}"
+    )
     t0 = time.monotonic()
     proc.start()
     proc.join(budget + GRACE_S)
     if proc.is_alive():
         proc.kill()
         proc.join()
-        _append_row(path, name, {"item": "section killed", "status": FAIL, "value": "timeout", "target": "",
-                                 "detail": f"still running {budget + GRACE_S:.0f} s after its start", "number": None},
-                    "timeout")
+        _append_row(
+            path,
+            name,
+            {
+                "item": "section killed",
+                "status": FAIL,
+                "value": "timeout",
+                "target": "",
+                "detail": f"still running {budget + GRACE_S:.0f} s after its start",
+                "number": None,
+            },
+            "timeout",
+        )
     else:
         try:
             status = json.loads(path.read_text(encoding="utf-8")).get("status")
         except (OSError, ValueError):
             status = None
         if status not in ("done", "error"):
-            _append_row(path, name, {"item": "section process died", "status": FAIL, "value": "crash", "target": "",
-                                     "detail": f"exit code {proc.exitcode}", "number": None}, "crashed")
+            _append_row(
+                path,
+                name,
+                {
+                    "item": "section process died",
+                    "status": FAIL,
+                    "value": "crash",
+                    "target": "",
+                    "detail": f"exit code {proc.exitcode}",
+                    "number": None,
+                },
+                "crashed",
+            )
     say(f"section {name}: {time.monotonic() - t0:.1f} s")
 
 
@@ -247,15 +314,24 @@ def imports_audit(args: argparse.Namespace, docs: dict[str, dict], baseline: set
     unexpected = [d for d in dists if d not in allowed]
     status = PASS if not unexpected else FAIL
     rows = [
-        {"item": "third-party distributions imported beyond torch/numpy/transformers/peft/accelerate",
-         "status": "INFO", "value": ", ".join(dists) or "none", "target": "", "detail": "",
-         "number": float(len(dists))},
-        {"item": "all of them provided by the machine's packages or the carried wheels", "status": status,
-         "value": ", ".join(unexpected) or "yes", "target": "subset of the machine's closure + .whl/",
-         "detail": "", "number": float(len(unexpected))},
+        {
+            "item": "third-party distributions imported beyond torch/numpy/transformers/peft/accelerate",
+            "status": "INFO",
+            "value": ", ".join(dists) or "none",
+            "target": "",
+            "detail": "",
+            "number": float(len(dists)),
+        },
+        {
+            "item": "all of them provided by the machine's packages or the carried wheels",
+            "status": status,
+            "value": ", ".join(unexpected) or "yes",
+            "target": "subset of the machine's closure + .whl/",
+            "detail": "",
+            "number": float(len(unexpected)),
+        },
     ]
-    return {"section": "imports", "status": "done", "rows": rows, "data": {"imported": dists,
-                                                                           "unexpected": unexpected}}
+    return {"section": "imports", "status": "done", "rows": rows, "data": {"imported": dists, "unexpected": unexpected}}
 
 
 def table(docs: dict[str, dict]) -> str:
@@ -278,8 +354,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="scratch folder for models and runs (default: a temp dir)")
     ap.add_argument("--only", default="", help="comma-separated sections to run (default: all)")
     ap.add_argument("--total-budget", type=float, default=450.0, help="seconds for the whole suite")
-    ap.add_argument("--start-method", choices=("auto", "fork", "spawn"), default="auto",
-                    help="how sections are started (auto: fork unless CUDA fails in a forked child)")
+    ap.add_argument(
+        "--start-method",
+        choices=("auto", "fork", "spawn"),
+        default="auto",
+        help="how sections are started (auto: fork unless CUDA fails in a forked child)",
+    )
     args = ap.parse_args(argv)
     t_start = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -297,8 +377,10 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
         print(line, file=log)
 
-    say(f"rlentropy GPU suite: {'DRY RUN (cpu, toy sizes)' if args.dry_run else 'cuda'}; out {args.out}; "
-        f"sections {', '.join(names)}; total budget {args.total_budget:.0f} s")
+    say(
+        f"rlentropy GPU suite: {'DRY RUN (cpu, toy sizes)' if args.dry_run else 'cuda'}; out {args.out}; "
+        f"sections {', '.join(names)}; total budget {args.total_budget:.0f} s"
+    )
     baseline = {m.split(".")[0] for m in sys.modules}
     for mod in HEAVY:  # once, here: every forked section inherits them (CUDA is not initialised here)
         importlib.import_module(mod)
@@ -323,9 +405,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             docs[name] = json.loads((args.out / f"{name}.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
-            docs[name] = {"section": name, "status": "missing", "rows": [
-                {"item": "section output", "status": FAIL, "value": "missing", "target": "", "detail": str(err),
-                 "number": None}]}
+            docs[name] = {
+                "section": name,
+                "status": "missing",
+                "rows": [
+                    {
+                        "item": "section output",
+                        "status": FAIL,
+                        "value": "missing",
+                        "target": "",
+                        "detail": str(err),
+                        "number": None,
+                    }
+                ],
+            }
     docs["imports"] = imports_audit(args, docs, baseline)
     (args.out / "imports.json").write_text(json.dumps(docs["imports"], indent=1), encoding="utf-8")
     counts: dict[str, int] = {}
@@ -333,13 +426,20 @@ def main(argv: list[str] | None = None) -> int:
         for r in doc.get("rows", []):
             counts[r["status"]] = counts.get(r["status"], 0) + 1
     wall = time.monotonic() - t_start
-    summary = {"mode": "dry-run" if args.dry_run else "gpu", "wall_s": round(wall, 1), "counts": counts,
-               "sections": {n: {"status": d.get("status"), "wall_s": d.get("wall_s"), "rows": d.get("rows", [])}
-                            for n, d in docs.items()}}
+    summary = {
+        "mode": "dry-run" if args.dry_run else "gpu",
+        "wall_s": round(wall, 1),
+        "counts": counts,
+        "sections": {
+            n: {"status": d.get("status"), "wall_s": d.get("wall_s"), "rows": d.get("rows", [])}
+            for n, d in docs.items()
+        },
+    }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
     md = table(docs)
-    head = (f"## rlentropy GPU suite ({summary['mode']}), {wall:.0f} s: "
-            + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    head = f"## rlentropy GPU suite ({summary['mode']}), {wall:.0f} s: " + ", ".join(
+        f"{v} {k}" for k, v in sorted(counts.items())
+    )
     (args.out / "summary.md").write_text(head + "\n\n" + md + "\n", encoding="utf-8")
     say("summary:")
     print("\n" + head + "\n\n" + md + "\n", flush=True)

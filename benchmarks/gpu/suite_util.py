@@ -21,8 +21,14 @@ PASS, FAIL, SKIP, INFO = "PASS", "FAIL", "SKIP", "INFO"
 
 # Distributions the GPU machine provides (the issue's list) and the wheels fetch_wheels.sh carries.
 MACHINE_DISTS = ("torch", "transformers", "peft", "accelerate", "triton", "numpy", "pytest")
-CARRIED_DISTS = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection", "typing-extensions",
-                 "liger-kernel")
+CARRIED_DISTS = (
+    "pydantic",
+    "pydantic-core",
+    "annotated-types",
+    "typing-inspection",
+    "typing-extensions",
+    "liger-kernel",
+)
 
 
 def canon(name: str) -> str:
@@ -104,15 +110,22 @@ class Recorder:
         self.save()
 
     def _add(self, item: str, status: str, value: Any, target: str, detail: str, number: float | None) -> None:
-        row = {"item": item, "status": status, "value": value if isinstance(value, str) else fmt(value),
-               "target": target, "detail": detail, "number": _num(number if number is not None else value)}
+        row = {
+            "item": item,
+            "status": status,
+            "value": value if isinstance(value, str) else fmt(value),
+            "target": target,
+            "detail": detail,
+            "number": _num(number if number is not None else value),
+        }
         self.rows.append(row)
         shown = status if status != SKIP else f"SKIP({detail})"
         self.ctx.log(f"{self.section}: {item}: {row['value']} {('[' + target + ']') if target else ''} -> {shown}")
         self.save()
 
-    def check(self, item: str, ok: bool, value: Any = "", target: str = "", detail: str = "",
-              number: float | None = None) -> bool:
+    def check(
+        self, item: str, ok: bool, value: Any = "", target: str = "", detail: str = "", number: float | None = None
+    ) -> bool:
         """A pass/fail row; returns `ok`."""
         self._add(item, PASS if ok else FAIL, value, target, detail, number)
         return bool(ok)
@@ -142,9 +155,15 @@ class Recorder:
         return False
 
     def save(self) -> None:
-        doc = {"section": self.section, "mode": "dry-run" if self.ctx.dry else "gpu", "status": self.status,
-               "wall_s": round(time.monotonic() - self.t0, 2), "rows": self.rows, "data": self.data,
-               "modules": self.modules}
+        doc = {
+            "section": self.section,
+            "mode": "dry-run" if self.ctx.dry else "gpu",
+            "status": self.status,
+            "wall_s": round(time.monotonic() - self.t0, 2),
+            "rows": self.rows,
+            "data": self.data,
+            "modules": self.modules,
+        }
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
         os.replace(tmp, self.path)
