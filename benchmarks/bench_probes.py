@@ -41,10 +41,9 @@ CONFIGS = {
 
 
 def run(name: str, probes: dict, *, steps: int, model: str, device: str, task: str, out: Path) -> dict:
-    from rlentropy.runs.config import config_from_dict
-    from rlentropy.train.run import run_training
+    from rlentropy.train import RunConfig, run_training  # public API (benchmarks also run on older trees)
 
-    cfg = config_from_dict(
+    cfg = RunConfig.model_validate(
         {
             "name": f"bench-{name}",
             "run_dir": str(out / name),

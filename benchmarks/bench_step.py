@@ -25,8 +25,7 @@ PHASES = ("time/rollout", "time/reward", "time/stats", "time/update", "time/step
 
 
 def bench(steps: int, threads: int, overrides: list[str]) -> dict[str, float]:
-    from rlentropy.runs.config import load_config
-    from rlentropy.train.run import run_training
+    from rlentropy.train import load_config, run_training  # public API (benchmarks also run on older trees)
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:

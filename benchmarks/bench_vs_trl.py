@@ -91,13 +91,12 @@ def _now() -> list[float]:
 
 
 def _run_ours(a: argparse.Namespace) -> dict:
-    from rlentropy.runs.config import config_from_dict
-    from rlentropy.train.run import run_training
+    from rlentropy.train import RunConfig, run_training  # public API (benchmarks also run on older trees)
 
     _register_task(a.prompts * a.steps)
     ends: list[list[float]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = config_from_dict(
+        cfg = RunConfig.model_validate(
             {
                 "name": "bench-ours",
                 "run_dir": f"{tmp}/run",
@@ -195,7 +194,7 @@ def _run_trl(a: argparse.Namespace, adapter: bool) -> dict:
             from rlentropy.integrations.trl import EntropyGRPOConfig, EntropyGRPOTrainer
 
             args = EntropyGRPOConfig(
-                output_dir=tmp, entropy_control="clip_b", clip_b_mu=2.5, rlentropy_metrics=True, **common
+                output_dir=tmp, entropy_control="clip_b", rlentropy_metrics=True, **common
             )
             base = EntropyGRPOTrainer
         else:

@@ -28,8 +28,9 @@ REPO = HERE.parent
 
 SNIPPETS = {
     "bench_step": (
-        "import json, sys; sys.path.insert(0, {bench!r}); import bench_step; "
-        "print('RESULT ' + json.dumps(bench_step.bench({steps}, 1, [])))"
+        "import json, sys, time; sys.path.insert(0, {bench!r}); import bench_step; t0 = time.process_time(); "
+        "r = bench_step.bench({steps}, 1, []); r['cpu_s_total'] = time.process_time() - t0; "
+        "print('RESULT ' + json.dumps(r))"
     ),
     # bench_vs_trl's own worker (our trainer, or TRL with our adapter) on a fixed model directory
     "bench_vs_trl": (

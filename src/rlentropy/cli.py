@@ -120,6 +120,28 @@ def report(
     report_command(runs=runs, out=out)
 
 
+@app.command()
+def methods(
+    family: str | None = typer.Option(None, "--family", help="advantage | loss | control | controller"),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the markdown table of docs/algorithms.md."),
+) -> None:
+    """Every registered method: family, what it changes, stage, defaults, paper, where else it ships."""
+    from rlentropy.algorithms.catalog import FAMILIES, HEADERS, markdown_table, rows
+
+    if family is not None and family not in FAMILIES:
+        raise UserError(f"--family: {family!r} is not allowed; allowed: {', '.join(FAMILIES)}")
+    if markdown:
+        print(markdown_table(family), end="")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*HEADERS, show_lines=False)
+    for r in rows(family):
+        table.add_row(r.name, r.family, r.changes, r.stage, r.reads, r.defaults, r.also_in, r.paper)
+    Console().print(table)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the typer app, turning user errors into one line and exit 2."""
     try:
