@@ -52,6 +52,35 @@ def demo(
 
 
 @app.command()
+def study(
+    config: Path = typer.Argument(..., help="YAML config with a study: section (methods, seeds, baseline)."),
+    overrides: list[str] | None = typer.Argument(None, help="Overrides for every run, as key.sub=value."),
+    out: Path | None = typer.Option(None, "--out", help="Output directory (default runs/study-<config name>)."),
+    seeds: int | None = typer.Option(None, "--seeds", help="Seeds per method (default: study.seeds)."),
+    methods: str | None = typer.Option(None, "--methods", help="Comma-separated subset of study.methods."),
+    workers: int | None = typer.Option(None, "--workers", help="Parallel runs (default: min(2, CPU cores))."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Methods × seeds from one config, in parallel and resumable; means with 95 % intervals over seeds."""
+    from rlentropy.studies.study import run_study
+
+    if seeds is not None and seeds < 1:
+        raise UserError(f"--seeds: must be >= 1, got {seeds}")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers: must be >= 1, got {workers}")
+    chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    run_study(
+        config,
+        out or Path("runs") / f"study-{config.stem}",
+        seeds=seeds,
+        methods=chosen,
+        overrides=list(overrides or []),
+        workers=workers,
+        quiet=quiet,
+    )
+
+
+@app.command()
 def pretrain(
     out: Path = typer.Option(Path("runs/pretrain"), "--out", help="Where to write the model and tokenizer."),
     seed: int = typer.Option(0, "--seed"),

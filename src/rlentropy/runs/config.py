@@ -21,7 +21,9 @@ from rlentropy.data.tasks import DataConfig
 from rlentropy.errors import ConfigError
 from rlentropy.models.loading import ModelConfig
 
-AggregationMode = Literal["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+AggregationMode = Literal[
+    "token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
+]
 
 
 RECOMMENDED_EVERY = 10
@@ -76,7 +78,6 @@ class ProbesConfig(BaseModel):
     fisher_metric: Literal["identity", "adam"] = "identity"
     gns: bool = True
     save_arrays: bool = True
-
 
 
 class _Section(BaseModel):
@@ -192,24 +193,30 @@ class AlgorithmConfig(_Section):
         return [n for n in names if n != "none"]
 
     @model_validator(mode="after")
-    def _params(self) -> "AlgorithmConfig":
+    def _params(self) -> AlgorithmConfig:
         ADVANTAGES.get(self.advantage).resolve(self.advantage_params, where="algorithm.advantage_params")
         POLICY_LOSSES.get(self.loss).resolve(self.loss_params, where="algorithm.loss_params")
-        configure_controls(self.controls(), self.control_params, stage=self.control_stage, where="algorithm.control_params")
+        configure_controls(
+            self.controls(), self.control_params, stage=self.control_stage, where="algorithm.control_params"
+        )
         if self.controller != "none":
             spec = CONTROLLERS.get(self.controller)
             spec.resolve(self.controller_params, where="algorithm.controller_params")
             driven = [n for n in self.controls() if n in spec.controls]
             if spec.controls == ("entropy_bonus",):
                 if self.entropy_bonus == 0:
-                    raise ValueError(f"algorithm.controller: {self.controller!r} needs algorithm.entropy_bonus > 0 "
-                                     "(its start value)")
+                    raise ValueError(
+                        f"algorithm.controller: {self.controller!r} needs algorithm.entropy_bonus > 0 (its start value)"
+                    )
             elif not driven:
-                raise ValueError(f"algorithm.controller: {self.controller!r} needs algorithm.control "
-                                 f"{' or '.join(spec.controls)}")
+                raise ValueError(
+                    f"algorithm.controller: {self.controller!r} needs algorithm.control {' or '.join(spec.controls)}"
+                )
             missing = [k for k in spec.required if k not in self.controller_params]
             if missing:
-                raise ValueError(f"algorithm.controller_params: controller {self.controller!r} needs {', '.join(missing)}")
+                raise ValueError(
+                    f"algorithm.controller_params: controller {self.controller!r} needs {', '.join(missing)}"
+                )
         return self
 
 
@@ -317,6 +324,27 @@ class DemoConfig(_Section):
     rule: str = ""
 
 
+class StudyConfig(_Section):
+    """`study:` read by `rlentropy study` (and `rlentropy demo --study long`); the trainer ignores it.
+
+    Attributes:
+        methods: method name → the `key=value` overrides that turn this config into that method's run,
+            in the order the study runs and reports them (empty: `demo.methods`).
+        seeds: seeds per method (0, 1, …; `--seeds` overrides).
+        baseline: the method every paired difference is taken against.
+        rule: how the method parameters were chosen, in words (printed in summary.md).
+        title: the summary's and report's title.
+        ema: EMA smoothing of the report's curves (0 = none; stated on the axis).
+    """
+
+    methods: dict[str, list[str]] = Field(default_factory=dict)
+    seeds: int = Field(default=3, ge=1)
+    baseline: str = "grpo"
+    rule: str = ""
+    title: str = ""
+    ema: float = Field(default=0.0, ge=0, lt=1)
+
+
 class RunConfig(_Section):
     """The whole training config (one YAML file). `run_dir` defaults to runs/<name>."""
 
@@ -333,11 +361,14 @@ class RunConfig(_Section):
     probes: ProbesConfig = Field(default_factory=ProbesConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
+    study: StudyConfig = Field(default_factory=StudyConfig)
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "RunConfig":
+    def _cross_checks(self) -> RunConfig:
         if self.train.mini_batches > self.train.prompts_per_step:
-            raise ValueError("train.mini_batches: must be <= train.prompts_per_step (groups are split across mini-batches)")
+            raise ValueError(
+                "train.mini_batches: must be <= train.prompts_per_step (groups are split across mini-batches)"
+            )
         return self
 
     def resolved_run_dir(self) -> Path:
@@ -408,11 +439,14 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
                   |[-+]?\.(?:inf|Inf|INF)
-                  |\.(?:nan|NaN|NAN))$""", re.X),
+                  |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
     list("-+0123456789."),
 )
 

@@ -1,0 +1,187 @@
+"""One (method, seed) run of a study: resumable training, the final evaluation, a summary row.
+
+A job is a plain dict (it crosses a process boundary): the config file, the overrides that make it
+this method and seed, its run directory, torch threads. `run_job(job)`:
+
+* a run whose `study_result.json` matches its resolved config is finished: its row is returned, nothing
+  reruns;
+* a run with a complete checkpoint resumes from it (`--resume` semantics: exact continuation);
+* otherwise (never started, or killed before its first checkpoint) the directory is cleared and the
+  run starts from step 0;
+
+then the final policy is evaluated on the eval split (the config's `eval:` settings, `EVAL_SEED`) and
+saved as `eval/step_<N>`, and the summary row is written to `study_result.json`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlentropy.data import build_task
+from rlentropy.dynamics import prediction_agreement
+from rlentropy.evaluate import evaluate_model
+from rlentropy.evaluate.run import eval_settings, read_eval_result, save_eval_result
+from rlentropy.models.loading import load_policy
+from rlentropy.runs.checkpoints import latest_checkpoint
+from rlentropy.runs.config import dump_config, load_config
+from rlentropy.train.run import run_training
+
+EVAL_SEED = 1234
+"""Sampling seed of every study evaluation (base and final policies: the same prompts and seed)."""
+RESULT = "study_result.json"
+FINAL_WINDOW = 5
+"""'Final' entropy / reward: the mean over the last FINAL_WINDOW steps (one step is too noisy)."""
+
+
+def evaluate_policy(
+    model: Any, tokenizer: Any, cfg: Any
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """(metrics, samples, settings) of the study evaluation of `model` (the config's `eval:`, EVAL_SEED)."""
+    task = build_task(cfg.data, for_eval=True)
+    st = eval_settings(cfg, task, seed=EVAL_SEED)
+    m, samples = evaluate_model(
+        model,
+        tokenizer,
+        task,
+        n=st["n"],
+        temperature=st["temperature"],
+        top_p=st["top_p"],
+        max_new_tokens=st["max_new_tokens"],
+        max_prompts=st["max_prompts"],
+        seed=st["seed"],
+        batch_size=cfg.rollout.batch_size,
+    )
+    return m, samples, st
+
+
+def _target(cfg: Any) -> float | None:
+    """The target entropy of the run's controller, if it has one."""
+    if cfg.algorithm.controller == "none":
+        return None
+    t = cfg.algorithm.controller_params.get("target")
+    return float(t) if t is not None else None
+
+
+def summarise_run(history: list[dict[str, Any]], eval_metrics: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    """The per-run figures a study compares (definitions in docs/studies.md)."""
+    ent = [float(h["entropy/mean"]) for h in history]
+    rew = [float(h["reward/mean"]) for h in history]
+    w = min(FINAL_WINDOW, len(ent))
+    tail = max(1, len(history) // 5)
+    agree = prediction_agreement(history)
+    row: dict[str, Any] = {
+        "entropy_first": ent[0],
+        "entropy_final": statistics.fmean(ent[-w:]),
+        "entropy_min": min(ent),
+        "entropy_auc": statistics.fmean(ent),
+        "reward_first20": statistics.fmean(rew[:tail]),
+        "reward_final": statistics.fmean(rew[-tail:]),
+        "frac_controlled": statistics.fmean(_controlled(h) for h in history),
+        "probe_n": int(agree["n"]),
+        "probe_corr": agree["corr"],
+        "probe_sign_agree": agree["sign_agree"],
+        "steps": len(history),
+        "wall_s": float(history[-1].get("wall_time", math.nan)),
+    }
+    for k, v in eval_metrics.items():
+        if k.startswith("pass@") or k in ("entropy", "avg@n"):
+            row[k if k.startswith("pass@") else f"eval_{k}"] = float(v) if v is not None else math.nan
+    target = _target(cfg)
+    if target is not None:
+        half = ent[len(ent) // 2 :]
+        row["target"] = target
+        row["target_abs_error"] = statistics.fmean(abs(h - target) for h in half)
+    return row
+
+
+def _controlled(h: dict[str, Any]) -> float:
+    """Fraction of the step's response tokens whose loss term the control changed (selected tokens of
+    Clip-Cov / KL-Cov; removed tokens with a non-zero advantage of the mask controls)."""
+    if "control/frac_selected" in h:
+        return float(h["control/frac_selected"] or 0.0)
+    return float(h.get("control/frac_removed_active", h.get("control/frac_controlled", 0.0)) or 0.0)
+
+
+def _finished(run_dir: Path, cfg: Any) -> dict[str, Any] | None:
+    res, config = run_dir / RESULT, run_dir / "config.yaml"
+    if not (res.is_file() and config.is_file()) or config.read_text(encoding="utf-8") != dump_config(cfg):
+        return None
+    return json.loads(res.read_text(encoding="utf-8"))
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Train (or resume, or skip) + evaluate one (method, seed); returns its summary row."""
+    torch.set_num_threads(int(job["threads"]))
+    run_dir = Path(job["run_dir"])
+    cfg = load_config(job["config"], job["overrides"])
+    done = _finished(run_dir, cfg)
+    if done is not None:
+        return done
+    t0 = time.perf_counter()
+    resume = latest_checkpoint(run_dir) is not None and (run_dir / "config.yaml").is_file()
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    trainer = run_training(cfg, resume=resume, quiet=True)
+    history = _history(run_dir)
+    eval_metrics, samples, settings = evaluate_policy(trainer.model, trainer.tokenizer, cfg)
+    ckpt = run_dir / "checkpoints" / f"step_{trainer.step}"
+    save_eval_result(
+        run_dir,
+        trainer.step,
+        eval_metrics,
+        samples,
+        settings=settings,
+        checkpoint=str(ckpt) if ckpt.is_dir() else f"in-training step {trainer.step}",
+    )
+    row = {
+        "method": job["method"],
+        "seed": job["seed"],
+        "run_dir": str(run_dir),
+        **summarise_run(history, eval_metrics, cfg),
+        "total_s": time.perf_counter() - t0,
+        "resumed": resume,
+    }
+    tmp = run_dir / f"{RESULT}.tmp"
+    tmp.write_text(json.dumps(row, indent=1), encoding="utf-8")
+    tmp.replace(run_dir / RESULT)
+    return row
+
+
+def _history(run_dir: Path) -> list[dict[str, Any]]:
+    """Every step's metrics from metrics.jsonl (a resumed run's trainer only holds the steps it ran)."""
+    rows = []
+    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rows.append({k: (math.nan if v is None else v) for k, v in json.loads(line).items()})
+    return rows
+
+
+def base_job(job: dict[str, Any]) -> dict[str, Any]:
+    """The starting policy's evaluation (the same settings as every final one), cached in `<out>/base`.
+
+    Returns {"metrics", "samples", "settings", "source"}; the study saves it as eval/step_0 of every run.
+    """
+    torch.set_num_threads(int(job["threads"]))
+    cfg = load_config(job["config"], job["overrides"])
+    cache = Path(job["out"]) / "base"
+    source = f"base:{cfg.model.path or 'tiny'}"
+    prev = read_eval_result(cache, 0)
+    settings = eval_settings(cfg, build_task(cfg.data, for_eval=True), seed=EVAL_SEED)
+    if prev is not None and prev.get("checkpoint") == source and prev.get("settings") == settings:
+        with gzip.open(cache / "eval" / "step_0" / "samples.jsonl.gz", "rt", encoding="utf-8") as fh:
+            samples = [json.loads(line) for line in fh if line.strip()]
+        m = {k: v for k, v in prev.items() if k not in ("step", "checkpoint", "settings")}
+        return {"metrics": m, "samples": samples, "settings": prev["settings"], "source": source}
+    loaded = load_policy(cfg.model)
+    m, samples, settings = evaluate_policy(loaded.model, loaded.tokenizer, cfg)
+    save_eval_result(cache, 0, m, samples, settings=settings, checkpoint=source)
+    return {"metrics": m, "samples": samples, "settings": settings, "source": source}

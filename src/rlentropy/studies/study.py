@@ -1,0 +1,313 @@
+"""`rlentropy study CONFIG`: methods × seeds from one config, in parallel, resumable, with intervals.
+
+The config's `study:` section names the methods (each: the `key=value` overrides that turn the config
+into that method's run), the seeds, the baseline method of the paired comparisons, and the rule by
+which the method parameters were chosen. Every (method, seed) is one job of `rlentropy.studies.jobs`
+(resumable: a finished run is never rerun, an interrupted one resumes from its checkpoint), run in
+worker processes sized to the machine (one torch thread each). A progress bar counts the training
+steps of the whole study, with an ETA.
+
+Outputs in `<out>/`: one run directory per job, `summary.md` and `summary.json` (per method the mean
+and 95 % Student-t interval over seeds of every figure, paired differences against the baseline, a
+sentence per method only where the interval excludes 0), and `report.html` with the study panels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from rlentropy.errors import ConfigError
+from rlentropy.evaluate.run import save_eval_result
+from rlentropy.report.study import write_study_report
+from rlentropy.runs.config import load_config
+from rlentropy.studies.jobs import base_job, run_job
+from rlentropy.studies.stats import Interval, paired_difference, t_interval
+
+FIGURES: tuple[tuple[str, str], ...] = (
+    ("entropy_final", "H final"),
+    ("entropy_min", "H min"),
+    ("entropy_auc", "H mean over steps"),
+    ("reward_final", "reward last 20 %"),
+    ("pass@1", "pass@1"),
+)
+"""Per-run figures summarised over seeds (pass@k for the largest k is added per study)."""
+
+
+def plan_jobs(
+    config: Path, out: Path, *, seeds: list[int], methods: dict[str, list[str]], overrides: list[str], threads: int
+) -> list[dict[str, Any]]:
+    """One job per (seed, method), in that order (so every method's first seed finishes early)."""
+    jobs = []
+    for seed in seeds:
+        for m, ovs in methods.items():
+            run_dir = out / f"{m}-s{seed}"
+            jobs.append(
+                {
+                    "method": m,
+                    "seed": seed,
+                    "run_dir": str(run_dir),
+                    "config": str(config),
+                    "threads": threads,
+                    "overrides": [*overrides, *ovs, f"train.seed={seed}", f"run_dir={run_dir}", f"name={m}-s{seed}"],
+                }
+            )
+    return jobs
+
+
+def _steps_done(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    try:
+        return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    except OSError:
+        return 0
+
+
+def execute(
+    jobs: list[dict[str, Any]], base: dict[str, Any], *, workers: int, steps: int, console: Console, quiet: bool
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run the jobs (and the base evaluation) in `workers` processes; a bar over every training step."""
+    cols = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    rows: list[dict[str, Any]] = []
+    with (
+        Progress(*cols, console=console, disable=quiet) as bar,
+        ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool,
+    ):
+        task = bar.add_task("study steps", total=len(jobs) * steps)
+        base_fut = pool.submit(base_job, base)
+        futs: dict[Future[Any], dict[str, Any]] = {pool.submit(run_job, j): j for j in jobs}
+        while any(not f.done() for f in futs) or not base_fut.done():
+            bar.update(task, completed=sum(min(steps, _steps_done(Path(j["run_dir"]))) for j in jobs))
+            time.sleep(0.5)
+        for fut, job in futs.items():
+            row = fut.result()  # a failed run raises here, naming its traceback
+            rows.append(row)
+            console.print(
+                f"  {job['method']:>14} seed {job['seed']}: H {row['entropy_first']:.3f} → "
+                f"{row['entropy_final']:.3f}, pass@1 {row.get('pass@1', math.nan):.3f}"
+                + (" (resumed)" if row.get("resumed") else "")
+            )
+        bar.update(task, completed=len(jobs) * steps)
+        base_row = base_fut.result()
+    return rows, base_row
+
+
+def summarise(rows: list[dict[str, Any]], *, baseline: str, k_max: int) -> dict[str, Any]:
+    """Per method: Student-t intervals of every figure, paired differences against `baseline`."""
+    figures = [*FIGURES, (f"pass@{k_max}", f"pass@{k_max}")]
+    if any("target_abs_error" in r for r in rows):
+        figures.append(("target_abs_error", "|H − target|, last half"))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    by = {m: {r["seed"]: r for r in rows if r["method"] == m} for m in methods}
+    out: dict[str, Any] = {"figures": [k for k, _ in figures], "labels": dict(figures), "methods": {}}
+    for m in methods:
+        entry: dict[str, Any] = {"seeds": sorted(by[m]), "mean": {}, "diff": {}}
+        for key, _ in figures:
+            vals = {s: r[key] for s, r in by[m].items() if key in r and r[key] is not None}
+            if not vals:
+                continue
+            entry["mean"][key] = t_interval(list(vals.values())).as_dict()
+            if m != baseline and baseline in by:
+                base = {s: r[key] for s, r in by[baseline].items() if key in r}
+                entry["diff"][key] = paired_difference(vals, base).as_dict()
+        out["methods"][m] = entry
+    return out
+
+
+def _iv(d: dict[str, Any] | None) -> Interval | None:
+    return None if d is None else Interval(**d)
+
+
+def summary_markdown(
+    summary: dict[str, Any],
+    base: dict[str, Any],
+    *,
+    title: str,
+    setting: str,
+    baseline: str,
+    rule: str | None,
+    wall_s: float,
+) -> str:
+    """summary.md: the table (mean ± 95 % t half-width), paired differences, and the plain sentences."""
+    figs, labels = summary["figures"], summary["labels"]
+    seeds = max(len(e["seeds"]) for e in summary["methods"].values())
+    lines = [
+        f"# {title}",
+        "",
+        setting,
+        "",
+        f"Each cell: mean ± half-width of the 95 % Student-t interval over {seeds} seeds "
+        "(t_{0.975, n−1}·s/√n; bootstrap intervals under-cover at this n and are not used). "
+        "'H final' and 'reward' are means over the last 5 steps / last 20 % of steps.",
+        "",
+    ]
+    if rule:
+        lines += ["## Method parameters", "", rule.strip(), ""]
+    lines += [
+        "## Results",
+        "",
+        "| method | " + " | ".join(labels[k] for k in figs) + " |",
+        "|---" * (len(figs) + 1) + "|",
+    ]
+    bm = base.get("metrics", {})
+    lines.append(
+        "| base policy | "
+        + " | ".join(
+            f"{bm[k]:.3f}" if k.startswith("pass@") and isinstance(bm.get(k), (int, float)) else "" for k in figs
+        )
+        + " |"
+    )
+    for m, e in summary["methods"].items():
+        lines.append(
+            f"| {m} | " + " | ".join(_iv(e["mean"].get(k)).fmt() if k in e["mean"] else "" for k in figs) + " |"
+        )
+    lines += [
+        "",
+        f"## Paired differences against {baseline} (same seed)",
+        "",
+        "| method | " + " | ".join(labels[k] for k in figs) + " |",
+        "|---" * (len(figs) + 1) + "|",
+    ]
+    for m, e in summary["methods"].items():
+        if m == baseline:
+            continue
+        cells = []
+        for k in figs:
+            iv = _iv(e["diff"].get(k))
+            cells.append(
+                ""
+                if iv is None
+                else f"{iv.mean:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]" + (" *" if iv.excludes_zero else "")
+            )
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "`*`: the 95 % interval excludes 0.", "", "## What the evidence supports", ""]
+    lines += sentences(summary, baseline) or [f"* No method differs from {baseline} beyond seed noise on any figure."]
+    lines += ["", f"Total wall time {wall_s / 60:.1f} min."]
+    return "\n".join(lines) + "\n"
+
+
+def sentences(summary: dict[str, Any], baseline: str) -> list[str]:
+    """One plain sentence per (method, figure) whose paired interval excludes 0, and only those."""
+    out = []
+    for m, e in summary["methods"].items():
+        for k in summary["figures"]:
+            iv = _iv(e["diff"].get(k))
+            if iv is None or not iv.excludes_zero:
+                continue
+            word = "higher" if iv.mean > 0 else "lower"
+            out.append(
+                f"* {m}: {summary['labels'][k]} is {word} than {baseline} by {abs(iv.mean):.3f} "
+                f"(95 % interval {iv.low:+.3f} to {iv.high:+.3f}, paired over {iv.n} seeds)."
+            )
+    return out
+
+
+def _methods(cfg: Any) -> dict[str, list[str]]:
+    table = cfg.study.methods or cfg.demo.methods
+    if not table:
+        raise ConfigError("study.methods: the config names no methods (a mapping name → list of overrides)")
+    return {m: list(o) for m, o in table.items()}
+
+
+def run_study(
+    config: Path,
+    out: Path,
+    *,
+    seeds: int | None = None,
+    methods: list[str] | None = None,
+    overrides: list[str] | None = None,
+    workers: int | None = None,
+    quiet: bool = False,
+) -> Path:
+    """Run (or resume) a study; returns the path of summary.md (see the module docstring)."""
+    console = Console(quiet=quiet)
+    extra = list(overrides or [])
+    cfg = load_config(config, extra)
+    table = _methods(cfg)
+    chosen = methods or list(table)
+    unknown = [m for m in chosen if m not in table]
+    if unknown:
+        raise ConfigError(f"--methods: unknown {', '.join(unknown)}; allowed: {', '.join(table)}")
+    for m in chosen:  # every method's config is valid before any run starts
+        load_config(config, [*extra, *table[m]])
+    n_seeds = seeds or cfg.study.seeds
+    workers = workers or int(os.environ.get("RLENTROPY_STUDY_WORKERS", "0")) or max(1, min(2, os.cpu_count() or 1))
+    threads = 1 if workers > 1 else max(1, (os.cpu_count() or 1))
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = plan_jobs(
+        config, out, seeds=list(range(n_seeds)), methods={m: table[m] for m in chosen}, overrides=extra, threads=threads
+    )
+    console.print(
+        f"[bold]rlentropy study[/]: {len(chosen)} methods × {n_seeds} seeds × {cfg.train.steps} steps "
+        f"({workers} worker{'s' if workers > 1 else ''}) → {out}"
+    )
+    t0 = time.perf_counter()
+    rows, base = execute(
+        jobs,
+        {"config": str(config), "overrides": extra, "out": str(out), "threads": threads},
+        workers=workers,
+        steps=cfg.train.steps,
+        console=console,
+        quiet=quiet,
+    )
+    for r in rows:  # the starting policy is step 0 of every run's eval curve
+        save_eval_result(
+            r["run_dir"], 0, base["metrics"], base["samples"], settings=base["settings"], checkpoint=base["source"]
+        )
+    baseline = cfg.study.baseline if cfg.study.baseline in chosen else chosen[0]
+    summary = summarise(rows, baseline=baseline, k_max=cfg.eval.n)
+    text = summary_markdown(
+        summary,
+        base,
+        title=cfg.study.title or f"rlentropy study: {cfg.name}",
+        setting=_setting_line(cfg),
+        baseline=baseline,
+        rule=cfg.study.rule or cfg.demo.rule or None,
+        wall_s=time.perf_counter() - t0,
+    )
+    (out / "summary.md").write_text(text, encoding="utf-8")
+    (out / "summary.json").write_text(
+        json.dumps(
+            {"base": {k: v for k, v in base.items() if k != "samples"}, "runs": rows, "summary": summary},
+            indent=1,
+            default=str,
+        )
+    )
+    groups = {
+        m: [Path(r["run_dir"]) for r in sorted(rows, key=lambda r: r["seed"]) if r["method"] == m] for m in chosen
+    }
+    report = write_study_report(
+        groups, out, base_metrics=base["metrics"], title=cfg.study.title or cfg.name, summary_md=text, ema=cfg.study.ema
+    )
+    console.print(text, markup=False, soft_wrap=True, highlight=False)
+    console.print(f"report: {report}")
+    return out / "summary.md"
+
+
+def _setting_line(cfg: Any) -> str:
+    t, o = cfg.train, cfg.optim
+    probes = f"probes every {cfg.probes.every} steps" if cfg.probes.every else "probes off"
+    return (
+        f"{t.steps} steps per run on `{cfg.data.task}`; lr {o.lr:g} ({o.schedule}, AdamW), {t.prompts_per_step} "
+        f"prompts × {t.group_size} samples per step, {t.mini_batches} mini-batches × {t.ppo_epochs} PPO epoch(s), "
+        f"{cfg.rollout.max_new_tokens} new tokens at T = {cfg.rollout.temperature:g}, {probes}; final evaluation "
+        f"on {cfg.eval.max_prompts or 'all'} eval prompts × {cfg.eval.n} samples."
+    )
