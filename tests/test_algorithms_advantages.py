@@ -139,10 +139,12 @@ def test_float64_rewards_stay_float64():
 
 
 def test_registry_and_errors():
-    assert set(ADVANTAGES.names()) == {"grpo", "dr_grpo", "rloo", "reinforce_pp"}
+    assert set(ADVANTAGES.names()) == {"grpo", "dr_grpo", "rloo", "reinforce_pp", "gpg", "grpo_passk"}
     assert get_advantage("rloo") is rloo
     assert get_advantage_spec("grpo").defaults == {"scale": "group", "eps": 1e-6}
-    with pytest.raises(UnknownNameError, match="valid names: dr_grpo, grpo, reinforce_pp, rloo") as info:
+    with pytest.raises(
+        UnknownNameError, match="valid names: dr_grpo, gpg, grpo, grpo_passk, reinforce_pp, rloo"
+    ) as info:
         get_advantage("ppo")
     assert isinstance(info.value, ValueError) and isinstance(info.value, ConfigError)
     r, g = torch.tensor([1.0, 0.0]), torch.tensor([0, 0])

@@ -7,14 +7,14 @@ Every estimator has the signature
 where `group_ids[b]` names the prompt response b was sampled for (responses of one prompt form a
 group). Broadcast the result over tokens with the response mask to get `[B, T]` advantages; every
 loss and control here also accepts the `[B]` form directly. Look estimators up with
-`get_advantage(name)`; names: grpo, dr_grpo, rloo, reinforce_pp.
+`get_advantage(name)`; names: grpo, dr_grpo, rloo, reinforce_pp, gpg, grpo_passk.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from fractions import Fraction
-from math import comb
+from math import comb, inf
 
 import torch
 
@@ -25,6 +25,7 @@ AdvantageFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 GRPO_SCALES = ("group", "batch", "none")
 REINFORCE_PP_BASELINES = ("group", "none")
+PASSK_SCALES = ("group", "none")
 
 
 ADVANTAGES: Registry[AdvantageSpec] = Registry("advantage estimator", AdvantageSpec)
@@ -198,8 +199,98 @@ def reinforce_pp(
     return adv, _reward_metrics(r, adv, std, size)
 
 
+@ADVANTAGES.register(
+    "gpg",
+    inputs=("rewards", "group_ids"),
+    paper="GPG, arXiv 2504.02546",
+    summary="α·(R − group mean), α = B / #responses with non-zero reward; no std",
+    also_in=("verl",),
+    notes=(
+        "verl's compute_gpg_outcome_advantage: α = B / max(count_nonzero(R), 1) over the whole batch, "
+        "no std division (f_norm = 1). The paper's α is recalled as B / (B − M), M the samples with zero "
+        "gradient (responses of zero-variance groups) — not re-checked against the PDF; with binary rewards "
+        "verl counts the correct responses instead. We follow verl (parity-tested). Pair with the gpg loss."
+    ),
+)
+def gpg_advantage(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GPG advantage: `A_i = α (R_i − mean_g)`, `α = B / max(#{i: R_i ≠ 0}, 1)` (Chu et al., arXiv 2504.02546).
+
+    α counts over every response given (call it on the whole batch of the step), as verl does. A
+    singleton group has mean 0, so its advantage is `α R`.
+
+    Args:
+        rewards: [B]; group_ids: [B] integer.
+
+    Returns:
+        (advantages [B], metrics: the shared reward / advantage metrics and alpha).
+    """
+    r = _check_inputs(rewards, group_ids)  # [B]
+    mean, std, size = group_stats(r, group_ids)  # [B] each
+    nonzero = torch.count_nonzero(r).clamp_min(1).to(r.dtype)  # []
+    alpha = r.numel() / nonzero  # []
+    adv = alpha * (r - mean)  # [B]
+    return adv, {**_reward_metrics(r, adv, std, size), "alpha": alpha.to(torch.float32)}
+
+
+@ADVANTAGES.register(
+    "grpo_passk",
+    inputs=("rewards", "group_ids"),
+    paper="Tang et al., arXiv 2503.19595 (pass@k = max over the group)",
+    summary="only each group's best response is credited, with R_max − R_2nd (÷ group std)",
+    also_in=("verl",),
+    notes=(
+        "verl's compute_grpo_passk_outcome_advantage (k = G, the leave-one-out estimator of the max). The "
+        "division by the group std is verl's (norm_adv_by_std_in_grpo, mapped onto scale), not the paper's. "
+        "A group of fewer than 2 responses raises ValueError, as verl (the check reads the group sizes on "
+        "the host, once per step)."
+    ),
+)
+def grpo_passk(
+    rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: str = "group", eps: float = 1e-6
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Pass@k (max-of-group) advantage: only the best of each group gets `R_max − R_2nd` (arXiv 2503.19595).
+
+    With k = G, `f = max_i R_i` and the leave-one-out baseline `max_{j≠i} R_j`, `f − f_{−i}` is non-zero
+    only for the arg-max: `R_max − R_2nd`; every other response gets 0, and a tie at the top gives 0 to
+    all. `scale="group"` divides by the unbiased group std + eps (verl's default).
+
+    Args:
+        rewards: [B]; group_ids: [B] integer, every group with ≥ 2 responses.
+        scale: "group" (divide by std_g + eps) or "none".
+        eps: ≥ 0.
+
+    Returns:
+        (advantages [B], metrics: the shared ones and frac_groups_credited, the fraction of groups whose
+        best response is credited).
+
+    Raises:
+        ValueError: a group has fewer than 2 responses.
+    """
+    check_choice("scale", scale, PASSK_SCALES)
+    eps = check_nonneg("eps", eps)
+    r = _check_inputs(rewards, group_ids)  # [B]
+    mean, std, size = group_stats(r, group_ids)  # [B] each
+    if bool((size < 2).any()):
+        lone = group_ids[size < 2][0]
+        raise ValueError(f"grpo_passk needs at least 2 responses per group; group id {int(lone)} has 1")
+    uniq, inv = torch.unique(group_ids, return_inverse=True)  # [G], [B]
+    top = torch.full((uniq.numel(),), -inf, dtype=r.dtype, device=r.device)  # [G]
+    top = top.scatter_reduce(0, inv, r, reduce="amax")  # [G] R_max
+    is_top = r == top[inv]  # [B]
+    n_top = torch.zeros_like(top).index_add_(0, inv, is_top.to(r.dtype))  # [G]
+    others = torch.where(is_top, -inf, r)  # [B]
+    second = torch.full_like(top, -inf).scatter_reduce(0, inv, others, reduce="amax")  # [G]
+    second = torch.where(n_top > 1, top, second)  # [G] a tie at the top: R_2nd = R_max
+    credited = is_top & (n_top[inv] == 1)  # [B]
+    gap = torch.where(credited, r - second[inv], 0.0)  # [B]
+    adv = gap / (std + eps) if scale == "group" else gap  # [B]
+    metrics = _reward_metrics(r, adv, std, size)
+    metrics["frac_groups_credited"] = (credited.sum() / uniq.numel()).to(torch.float32)
+    return adv, metrics
+
+
 def get_advantage(name: str) -> AdvantageFn:
-    """The advantage estimator registered under `name` (grpo, dr_grpo, rloo, reinforce_pp).
+    """The advantage estimator registered under `name` (see `ADVANTAGES.names()`).
 
     Raises:
         UnknownNameError: (a ValueError) listing the valid names.
