@@ -640,10 +640,12 @@ class EntropyGRPOTrainer(GRPOTrainer):
     def _aggregate(
         self, per_token_loss: torch.Tensor, mask: torch.Tensor, inputs: dict[str, Any], mode: str
     ) -> torch.Tensor:
-        """`aggregate_loss` in the mode of `loss_type`, with the counts that make it TRL's reduction."""
+        """`aggregate_loss` in the loss's required mode (gspo, sapo, gmpo, luspo declare one) or else the mode
+        of `loss_type`, with the counts that make it TRL's reduction."""
         rows = per_token_loss.size(0)
         accum = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        agg = TRL_AGGREGATION[self.loss_type]
+        assert self._rl_loss is not None
+        agg = self._rl_loss.agg_mode or TRL_AGGREGATION[self.loss_type]
         if agg == "token-mean" and self.loss_type != "bnpo":  # dapo / cispo / vespo: the generation batch's count
             normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
             if mode == "train":

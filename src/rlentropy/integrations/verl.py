@@ -260,7 +260,8 @@ def _make_loss(name: str) -> Any:
         loss_mat, m = _run_loss(spec, params, old_log_prob, log_prob, advantages, mask, config)  # [bs, T]
         if rollout_is_weights is not None:
             loss_mat = loss_mat * rollout_is_weights
-        return _agg(loss_mat, mask, spec.agg_mode or loss_agg_mode, config), _metrics(f"rlentropy_{name}", m)
+        # verl's own mask (bool): its agg_loss adds 1e-8 to float-mask token counts only
+        return _agg(loss_mat, response_mask, spec.agg_mode or loss_agg_mode, config), _metrics(f"rlentropy_{name}", m)
 
     loss_fn.__name__ = loss_fn.__qualname__ = f"rlentropy_{name}"
     loss_fn.__doc__ = f"rlentropy policy loss {name!r} ({spec.summary}); {spec.paper}."

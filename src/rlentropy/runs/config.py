@@ -194,8 +194,14 @@ class AlgorithmConfig(_Section):
 
     @model_validator(mode="after")
     def _params(self) -> AlgorithmConfig:
-        ADVANTAGES.get(self.advantage).resolve(self.advantage_params, where="algorithm.advantage_params")
-        POLICY_LOSSES.get(self.loss).resolve(self.loss_params, where="algorithm.loss_params")
+        for spec, params, where in (
+            (ADVANTAGES.get(self.advantage), self.advantage_params, "algorithm.advantage_params"),
+            (POLICY_LOSSES.get(self.loss), self.loss_params, "algorithm.loss_params"),
+        ):
+            spec.resolve(params, where=where)
+            missing = [k for k in spec.required if k not in params]
+            if missing:
+                raise ValueError(f"{where}: {spec.family} {spec.name!r} needs {', '.join(missing)} (no upstream default)")
         configure_controls(
             self.controls(), self.control_params, stage=self.control_stage, where="algorithm.control_params"
         )
