@@ -139,11 +139,27 @@ def test_float64_rewards_stay_float64():
 
 
 def test_registry_and_errors():
-    assert set(ADVANTAGES.names()) == {"grpo", "dr_grpo", "rloo", "reinforce_pp", "gpg", "grpo_passk"}
+    assert set(ADVANTAGES.names()) == {
+        "w_reinforce",
+        "reinforce_pp",
+        "grpo",
+        "gtpo",
+        "rloo",
+        "grpo_passk",
+        "nsr",
+        "unlikeliness",
+        "gpg",
+        "psr",
+        "grpo_s",
+        "passk_training",
+        "dr_grpo",
+    }
     assert get_advantage("rloo") is rloo
     assert get_advantage_spec("grpo").defaults == {"scale": "group", "eps": 1e-6}
     with pytest.raises(
-        UnknownNameError, match="valid names: dr_grpo, gpg, grpo, grpo_passk, reinforce_pp, rloo"
+        UnknownNameError,
+        match="valid names: dr_grpo, gpg, grpo, grpo_passk, grpo_s, gtpo, nsr, passk_training, psr, reinforce_pp, "
+        "rloo, unlikeliness, w_reinforce",
     ) as info:
         get_advantage("ppo")
     assert isinstance(info.value, ValueError) and isinstance(info.value, ConfigError)

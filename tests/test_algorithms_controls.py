@@ -341,13 +341,26 @@ def test_clip_b_raises_entropy_relative_to_no_clip():
 
 
 def test_registry():
-    assert set(CONTROLS.names()) == {"clip_b", "clip_v", "high_entropy", "entropy_bonus", "quadrant"}
+    assert set(CONTROLS.names()) == {
+        "entropic",
+        "clip_b",
+        "clip_v",
+        "entropy_polarity",
+        "high_entropy",
+        "quadrant",
+        "entropy_advantage",
+        "entropy_bonus",
+    }
     assert get_control("clip_v") is clip_v_mask
     spec = get_control_spec("clip_v")
     assert spec.inputs == ("s", "s_bar", "advantages", "mask") and spec.stage == "old" and spec.kind == "mask"
     assert spec.defaults["mu"] == 8.5 and spec.defaults["max_frac"] == 1e-4
     assert get_control_spec("entropy_bonus").kind == "loss_term"
-    with pytest.raises(UnknownNameError, match="valid names: clip_b, clip_v, entropy_bonus, high_entropy, quadrant"):
+    with pytest.raises(
+        UnknownNameError,
+        match="valid names: clip_b, clip_v, entropic, entropy_advantage, entropy_bonus, entropy_polarity, "
+        "high_entropy, quadrant",
+    ):
         get_control("clip_cov")
 
 

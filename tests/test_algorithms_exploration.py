@@ -103,7 +103,7 @@ def test_registered_entries_declare_inputs_stage_and_defaults():
     assert ADVANTAGES.get("passk_training").required == ("k",)
     assert ADVANTAGES.get("w_reinforce").defaults == {"lam": 0.1}
     assert ADVANTAGES.get("unlikeliness").defaults == {"beta_rank": 0.25, "eps": 1e-6}
-    assert ADVANTAGES.get("gtpo").defaults == {"alpha1": 1.0, "alpha2": 0.1, "normalize": "separate", "eps": 1e-6}
+    assert ADVANTAGES.get("gtpo").defaults == {"alpha1": 1.0, "alpha2": 0.1, "normalize": "joint", "eps": 1e-6}
 
 
 @pytest.mark.parametrize(
@@ -236,7 +236,7 @@ def test_gtpo_hand_worked_separate_and_joint():
     h = torch.tensor([[3.0, 1.0], [1.0, 3.0], [2.0, 2.0]])
     mask = torch.ones(3, 2)
     # separate: O+ {1.15, 1.05, 1.05, 1.15} mean 1.1, population std 0.05 → ±1; O− all −1.1 → 0.
-    adv, m = gtpo(r, gid, h, mask)
+    adv, m = gtpo(r, gid, h, mask, normalize="separate")
     torch.testing.assert_close(adv, torch.tensor([[1.0, -1.0], [-1.0, 1.0], [0.0, 0.0]]), atol=1e-4, rtol=0)
     torch.testing.assert_close(m["frac_pos"], torch.tensor(2 / 3))
     # joint: mean of all six = 2.2/6 = 0.366667, population std = sqrt(6.463333/6) = 1.037893:
@@ -253,7 +253,7 @@ def test_gtpo_counts_only_valid_positions():
     r = torch.tensor([1.0, 1.0, 0.0])
     h = torch.tensor([[3.0, 1.0], [1.0, 9.0], [2.0, 2.0]])
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
-    adv, _ = gtpo(r, torch.zeros(3, dtype=torch.long), h, mask)
+    adv, _ = gtpo(r, torch.zeros(3, dtype=torch.long), h, mask, normalize="separate")
     z = 0.05 / math.sqrt(0.005 / 3)  # 1.224745
     torch.testing.assert_close(adv, torch.tensor([[z, 0.0], [-z, 0.0], [0.0, 0.0]]), atol=1e-4, rtol=0)
 
@@ -274,8 +274,10 @@ def test_gtpo_groups_are_independent_and_zero_entropy_is_finite():
                 torch.testing.assert_close(both[rows], alone)
     # H = 0 everywhere: the ε guards keep every value finite (all tokens of a class equal → 0).
     for fn in (gtpo, grpo_s):
-        adv, _ = fn(r, gid, torch.zeros(6, 5), mask)
+        adv, _ = fn(r, gid, torch.zeros(6, 5), mask, normalize="separate")
         assert torch.isfinite(adv).all() and (adv == 0).all()
+        adv, _ = fn(r, gid, torch.zeros(6, 5), mask)  # joint: the reward still orders the responses
+        assert torch.isfinite(adv).all()
     # A confident mistake (H = 0) is penalised more than an unsure one, finitely.
     adv, _ = gtpo(
         torch.tensor([0.0, 0.0]), torch.zeros(2, dtype=torch.long), torch.tensor([[0.0], [1.0]]), torch.ones(2, 1)
@@ -292,7 +294,7 @@ def test_grpo_s_hand_worked():
     h = torch.tensor([[3.0, 3.0], [1.0, 1.0], [2.0, 2.0], [0.5, 0.5]])
     mask = torch.ones(4, 2)
     # separate: O+ mean 1.1, std 0.05 → ±1; O− mean −1.1, std 0.06 → ±1.
-    adv, _ = grpo_s(r, gid, h, mask)
+    adv, _ = grpo_s(r, gid, h, mask, normalize="separate")
     torch.testing.assert_close(adv, torch.tensor([1.0, -1.0, 1.0, -1.0]), atol=1e-4, rtol=0)
     # joint: mean 0, population std sqrt(4.8522/4) = 1.101386.
     adv, _ = grpo_s(r, gid, h, mask, normalize="joint")

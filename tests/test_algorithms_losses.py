@@ -382,10 +382,13 @@ def test_registry_and_spec():
     assert set(POLICY_LOSSES.names()) == {
         *("ppo", "gspo", "cispo", "ce_gppo", "clip_cov", "kl_cov"),
         *("sapo", "gmpo", "dppo_tv", "dppo_kl", "gpg", "dro", "luspo", "vespo"),
+        "clip_low",
     }
     assert get_policy_loss_spec("ppo").defaults == {"eps_low": 0.2, "eps_high": 0.2, "clip_ratio_c": 3.0}
     assert get_policy_loss_spec("clip_cov").needs_generator
-    valid = "ce_gppo, cispo, clip_cov, dppo_kl, dppo_tv, dro, gmpo, gpg, gspo, kl_cov, luspo, ppo, sapo, vespo"
+    valid = (
+        "ce_gppo, cispo, clip_cov, clip_low, dppo_kl, dppo_tv, dro, gmpo, gpg, gspo, kl_cov, luspo, ppo, sapo, vespo"
+    )
     with pytest.raises(UnknownNameError, match=f"valid names: {valid}$"):
         get_policy_loss("grpo")
 

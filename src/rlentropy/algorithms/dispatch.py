@@ -185,12 +185,16 @@ def logged_metrics(
     return out
 
 
-def dummy_inputs() -> dict[str, Any]:
-    """A tiny batch (2 × 3) with every input of `INPUTS`, to call methods once and surface bad parameters."""
+def dummy_inputs(group: int = 2) -> dict[str, Any]:
+    """A tiny batch — one prompt group of `group` responses × 3 tokens — with every input of `INPUTS`, to
+    call methods once and surface bad parameters (use the run's group size: some parameters, like
+    passk_training's k, are bounded by it)."""
     g = torch.Generator().manual_seed(0)
-    logp = -torch.rand(2, 3, generator=g) - 0.1  # [2, 3]
-    mask = torch.ones(2, 3)  # [2, 3]
-    s = torch.rand(2, 3, generator=g)  # [2, 3]
+    b = max(2, int(group))
+    logp = -torch.rand(b, 3, generator=g) - 0.1  # [b, 3]
+    mask = torch.ones(b, 3)  # [b, 3]
+    s = torch.rand(b, 3, generator=g)  # [b, 3]
+    rewards = (torch.arange(b) % 2 == 0).float()  # [b] 1, 0, 1, ...
     return {
         "logp": logp,
         "entropy": s + 1,
@@ -198,9 +202,9 @@ def dummy_inputs() -> dict[str, Any]:
         "s_bar": s * 0.5,
         "sum_p2": s * 0.1,
         "mask": mask,
-        "advantages": torch.tensor([1.0, -1.0])[:, None] * mask,
-        "rewards": torch.tensor([1.0, 0.0]),
-        "group_ids": torch.tensor([0, 0]),
+        "advantages": (2 * rewards - 1)[:, None] * mask,
+        "rewards": rewards,
+        "group_ids": torch.zeros(b, dtype=torch.long),
         "old_logp": logp.detach(),
         "generator": g,
         "mode": "token-mean",
@@ -210,7 +214,7 @@ def dummy_inputs() -> dict[str, Any]:
     }
 
 
-def check_values(spec: Any, params: Mapping[str, Any], where: str) -> None:
+def check_values(spec: Any, params: Mapping[str, Any], where: str, *, group: int = 2) -> None:
     """Call a method once on `dummy_inputs()` so a bad parameter value raises before any work.
 
     Raises:
@@ -218,7 +222,7 @@ def check_values(spec: Any, params: Mapping[str, Any], where: str) -> None:
     """
     try:
         with torch.no_grad():
-            spec.call(dummy_inputs(), params)
+            spec.call(dummy_inputs(group), params)
     except (TypeError, ValueError) as err:
         msg = str(err)
         raise ValueError(msg if msg.startswith(where) else f"{where}: {msg}") from None

@@ -196,7 +196,8 @@ _GTPO_NOTES = (
     "std; one eps guards H = 0 and std = 0. normalize='separate' (the reimplementation's reading of Eq. 6) "
     "centres O+ and O− on their own means, which cancels α1 inside each class: the sign of an advantage is then "
     "set by the entropy term alone and a class with one member gets 0; normalize='joint' centres the whole group "
-    "instead and keeps the correct/incorrect ordering."
+    "instead and keeps the correct/incorrect ordering — our default, since the separate reading never reinforces "
+    "a lone correct answer of its group."
 )
 
 
@@ -215,7 +216,7 @@ def gtpo(
     *,
     alpha1: float = 1.0,
     alpha2: float = 0.1,
-    normalize: str = "separate",
+    normalize: str = "joint",
     eps: float = 1e-6,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GTPO token-level advantages (Tan et al., arXiv 2508.04349).
@@ -235,7 +236,8 @@ def gtpo(
         rewards: [B] (binary assumed). group_ids: [B] integer.
         entropy: [B, T] entropy of the old policy. mask: [B, T] response mask.
         alpha1: weight of the outcome reward, ≥ 0 (1.0). alpha2: weight of the entropy term, ≥ 0 (0.1).
-        normalize: "separate" (per class, the spec's reading) or "joint" (per group).
+        normalize: "joint" (default: one mean and std per group, which keeps correct answers above wrong
+            ones) or "separate" (per class, the third-party reimplementation's reading; see `notes`).
         eps: > 0, guards H = 0 and a zero std.
 
     Returns:
@@ -295,7 +297,7 @@ def grpo_s(
     *,
     alpha1: float = 1.0,
     alpha2: float = 0.1,
-    normalize: str = "separate",
+    normalize: str = "joint",
     eps: float = 1e-6,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GRPO-S sequence-level advantages (Tan et al., arXiv 2508.04349).

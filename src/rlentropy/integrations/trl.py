@@ -175,7 +175,7 @@ class EntropyGRPOConfig(GRPOConfig):
             for c in configure_controls(
                 names, self.entropy_control_params, stage=self.entropy_control_stage, where="entropy_control_params"
             ):
-                check_values(c.spec, c.params, "entropy_control_params")
+                check_values(c.spec, c.params, "entropy_control_params", group=self.num_generations or 2)
             if self.entropy_loss is not None:
                 spec = POLICY_LOSSES.get(self.entropy_loss)
                 check_values(

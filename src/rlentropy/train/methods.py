@@ -164,18 +164,19 @@ class MethodSet:
         return out
 
     # ------------------------------------------------------------------ checks and state
-    def validate(self) -> None:
-        """Call every configured method once on a tiny batch so bad parameter values fail before any work."""
+    def validate(self, group_size: int = 2) -> None:
+        """Call every configured method once on a tiny batch (one group of `group_size`) so bad parameter
+        values fail before any work."""
         try:
-            check_values(self.advantage, self.advantage_params, "algorithm.advantage_params")
-            check_values(self.loss, self.loss_params, "algorithm.loss_params")
+            check_values(self.advantage, self.advantage_params, "algorithm.advantage_params", group=group_size)
+            check_values(self.loss, self.loss_params, "algorithm.loss_params", group=group_size)
             for c in self.step_controls():
-                check_values(c.spec, c.params, "algorithm.control_params")
+                check_values(c.spec, c.params, "algorithm.control_params", group=group_size)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         if self.batch_select:
             try:
-                self.select(dummy_inputs())
+                self.select(dummy_inputs(group_size))
             except (TypeError, ValueError) as err:
                 raise _config_error("algorithm.loss_params", err) from None
 

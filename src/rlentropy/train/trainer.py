@@ -97,7 +97,7 @@ class Trainer:
         self._build_models(ckpt_path)
         self._build_optimizer()
         self.methods = MethodSet.from_config(self.cfg.algorithm)
-        self.methods.validate()
+        self.methods.validate(group_size=self.cfg.train.group_size)
         self._build_loop_parts()
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
