@@ -1,0 +1,98 @@
+"""Precision tests of rlentropy.tokenstats at a real vocabulary size.
+
+They compare against the float64 reference on exactly the inputs the function saw (bf16-rounded
+where the inputs are bf16), so the only error allowed is float32 work.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlentropy.tokenstats import TokenStats, token_stats, token_stats_from_hidden, token_stats_reference
+
+FIELDS = ("logp", "entropy", "s", "s_bar", "sum_p2")
+RTOL, ATOL = 1e-5, 2e-6  # as in tests/test_tokenstats.py
+QWEN_VOCAB = 151_936
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = RTOL, atol: float = ATOL) -> None:
+    torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol)
+
+
+def _ref_and_grads(leaves, build_logits, tokens, g_logp, g_ent, mask=None):
+    """Float64 reference statistics of build_logits(*leaves) and the gradients of the test loss."""
+    xs = [t.detach().double().requires_grad_() for t in leaves]
+    ref = token_stats_reference(build_logits(*xs), tokens)
+    m = torch.ones_like(g_logp) if mask is None else mask.double()
+    ((ref["logp"] * g_logp + ref["entropy"] * g_ent) * m).sum().backward()
+    return {k: v.detach() * m for k, v in ref.items()}, [x.grad for x in xs]
+
+
+# ------------------------------------------------------------------------------ V = 151,936
+
+
+def _assert_stats_scaled(out: TokenStats, logits64: torch.Tensor, tokens: torch.Tensor, ref: dict) -> None:
+    """rtol 1e-5 and no absolute floor, except for the two statistics that cancel by construction.
+
+    S = p_k (H + log p_k) and s_bar = sum_i p_i^2 (H + log p_i) can be ~0 when H ~ -log p; their
+    error is measured against the size of the terms before cancellation, p_k (H + |log p_k|) and
+    sum_i p_i^2 (H + |log p_i|) (both computed here in float64).
+    """
+    lp = torch.log_softmax(logits64, -1)  # [N, V]
+    p2 = lp.exp().square()  # [N, V]
+    h = ref["entropy"].unsqueeze(-1)  # [N, 1]
+    lpk = lp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [N]
+    scale = {
+        "s": lpk.exp() * (ref["entropy"] + lpk.abs()),  # [N]
+        "s_bar": (p2 * (h + lp.abs())).sum(-1),  # [N]
+    }
+    for f in FIELDS:
+        got, want = getattr(out, f).double(), ref[f]
+        bound = RTOL * torch.maximum(want.abs(), scale.get(f, want.abs()))
+        err = (got - want).abs()
+        assert torch.all(err <= bound), f"{f}: max error / bound {float((err / bound).max()):.3g}"
+
+
+def _qwen_sized_problem(seed: int):
+    # d = 16 keeps it fast; weights of std 1 give logits of std ~4 and H from ~2 to ~8 nats.
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(8, 16, generator=g)  # [N, d]
+    weight = torch.randn(QWEN_VOCAB, 16, generator=g)  # [V, d]
+    logits64 = hidden.double() @ weight.double().T  # [N, V]
+    # tokens as a sampler would draw them, plus the arg-max and two uniform (very unlikely) ones
+    tokens = torch.multinomial(torch.softmax(logits64, -1), 1, generator=g).squeeze(1)  # [N]
+    tokens[4:6] = logits64[4:6].argmax(-1)
+    tokens[6:] = torch.randint(0, QWEN_VOCAB, (2,), generator=g)
+    return hidden, weight, logits64, tokens, g
+
+
+@pytest.mark.parametrize("workspace", [2**28, 2**20])  # one whole-vocabulary block / 10 slices of 16,384
+def test_hidden_path_at_qwen_vocabulary(workspace):
+    # A serial float32 sum over 151,936 columns is ~2e-4 relative off (biased low): H was 1.8e-4 off.
+    hidden, weight, logits64, tokens, g = _qwen_sized_problem(31)
+    g_logp, g_ent = torch.randn(8, generator=g), torch.randn(8, generator=g)
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    out = token_stats_from_hidden(h, w, tokens, workspace_bytes=workspace)
+    (out.logp * g_logp + out.entropy * g_ent).sum().backward()
+    ref, (gh, gw) = _ref_and_grads([hidden, weight], lambda a, b: a @ b.T, tokens, g_logp, g_ent)
+    _assert_stats_scaled(out, logits64, tokens, ref)
+    # gradients: relative 1e-5 of the largest entry (a sum of 151,936 products per entry of dhidden)
+    _close(h.grad, gh, atol=RTOL * float(gh.abs().max()))
+    _close(w.grad, gw, atol=RTOL * float(gw.abs().max()))
+
+
+@pytest.mark.parametrize("workspace", [2**28, 2**20])
+def test_logits_path_at_qwen_vocabulary(workspace):
+    _, _, logits64, tokens, _ = _qwen_sized_problem(32)
+    logits = logits64.float()  # [N, V]
+    out = token_stats(logits, tokens, workspace_bytes=workspace)
+    _assert_stats_scaled(out, logits.double(), tokens, token_stats_reference(logits, tokens))
