@@ -1,6 +1,6 @@
-"""Precision tests of rlentropy.tokenstats at a real vocabulary size.
+"""Precision tests of rlentropy.tokenstats: inside a bf16 autocast region, and at a real vocabulary size.
 
-They compare against the float64 reference on exactly the inputs the function saw (bf16-rounded
+Both compare against the float64 reference on exactly the inputs the function saw (bf16-rounded
 where the inputs are bf16), so the only error allowed is float32 work.
 """
 
@@ -35,6 +35,83 @@ def _ref_and_grads(leaves, build_logits, tokens, g_logp, g_ent, mask=None):
     m = torch.ones_like(g_logp) if mask is None else mask.double()
     ((ref["logp"] * g_logp + ref["entropy"] * g_ent) * m).sum().backward()
     return {k: v.detach() * m for k, v in ref.items()}, [x.grad for x in xs]
+
+
+# ------------------------------------------------------------------------------ bf16 autocast
+
+
+def _grad_tol(dtype: torch.dtype) -> dict[str, float]:
+    # float32 leaves: float32 tolerance; bf16 leaves: the gradient's final rounding to bf16 (2^-8)
+    return {"rtol": RTOL, "atol": ATOL} if dtype == torch.float32 else {"rtol": 2**-7, "atol": 1e-4}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("workspace", [2**28, 3000])  # whole vocabulary / vocabulary slices
+def test_hidden_path_ignores_bf16_autocast(dtype, workspace):
+    # The trainer calls token_stats_from_hidden inside torch.autocast(..., dtype=torch.bfloat16).
+    # Statistics and gradients must still be float32 work on the inputs as given (float32 inputs
+    # here hold bf16-rounded values, the "up-cast bf16" case); a bf16 reduction is ~1e-3 off in H.
+    g = torch.Generator().manual_seed(21)
+    hidden = torch.randn(2, 5, 32, generator=g).to(torch.bfloat16).to(dtype).requires_grad_()  # [B, T, d]
+    weight = (torch.randn(1000, 32, generator=g) * 0.4).to(torch.bfloat16).to(dtype).requires_grad_()  # [V, d]
+    bias = torch.randn(1000, generator=g).to(torch.bfloat16).to(dtype).requires_grad_()  # [V]
+    tokens = torch.randint(0, 1000, (2, 5), generator=g)
+    mask = torch.ones(2, 5)
+    mask[0, :2] = 0
+    g_logp, g_ent = torch.randn(2, 5, generator=g), torch.randn(2, 5, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = token_stats_from_hidden(hidden, weight, tokens, mask=mask, bias=bias, workspace_bytes=workspace)
+        assert torch.is_autocast_enabled("cpu")  # the caller's region is left as it was
+        (out.logp * g_logp + out.entropy * g_ent).sum().backward()
+    ref, (gh, gw, gb) = _ref_and_grads([hidden, weight, bias], lambda h, w, b: h @ w.T + b, tokens, g_logp, g_ent, mask)
+    for f in FIELDS:
+        assert getattr(out, f).dtype == torch.float32
+        _close(getattr(out, f), ref[f])
+    assert hidden.grad.dtype == weight.grad.dtype == bias.grad.dtype == dtype
+    _close(hidden.grad, gh, **_grad_tol(dtype))
+    _close(weight.grad, gw, **_grad_tol(dtype))
+    _close(bias.grad, gb, **_grad_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("workspace", [2**28, 3000])
+def test_logits_path_ignores_bf16_autocast(dtype, workspace):
+    g = torch.Generator().manual_seed(22)
+    logits = (torch.randn(2, 5, 1000, generator=g) * 4.0).to(dtype).requires_grad_()  # [B, T, V]
+    tokens = torch.randint(0, 1000, (2, 5), generator=g)
+    g_logp, g_ent = torch.randn(2, 5, generator=g), torch.randn(2, 5, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = token_stats(logits, tokens, workspace_bytes=workspace)
+        (out.logp * g_logp + out.entropy * g_ent).sum().backward()
+    ref, (g_ref,) = _ref_and_grads([logits], lambda x: x, tokens, g_logp, g_ent)
+    for f in FIELDS:
+        _close(getattr(out, f), ref[f])
+    _close(logits.grad, g_ref, **_grad_tol(dtype))
+
+
+def test_block_loops_run_with_autocast_disabled():
+    # Whatever kernels run inside the loops (projection, reductions, gradient GEMMs), an ambient
+    # autocast region must not reach them.
+    from rlentropy.tokenstats._kernels import plan_chunks
+    from rlentropy.tokenstats.core import _backward_blocks, _forward_blocks
+
+    seen = []
+
+    def fill(z: torch.Tensor, i0: int, i1: int, v0: int, v1: int) -> None:
+        seen.append(torch.is_autocast_enabled("cpu"))
+        z.copy_(torch.arange(v1 - v0, dtype=torch.float32).expand(i1 - i0, -1))  # [n, vc]
+
+    def consume(dz: torch.Tensor, i0: int, i1: int, v0: int, v1: int) -> None:
+        seen.append(torch.is_autocast_enabled("cpu"))
+
+    tokens = torch.tensor([0, 3, 5])
+    plan = plan_chunks(3, 8, workspace_bytes=3 * 4 * 8)  # 3 rows x 4 columns: 2 vocabulary slices
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, entropy, _, _, _, mraw, log_s0 = _forward_blocks(fill, tokens, 8, plan, 1.0, tokens.device)
+        ones = torch.ones(3)
+        _backward_blocks(fill, consume, tokens, 8, plan, 1.0, mraw, log_s0, entropy, ones, ones)
+        assert torch.is_autocast_enabled("cpu")
+    assert len(seen) == 6 and not any(seen)
 
 
 # ------------------------------------------------------------------------------ V = 151,936

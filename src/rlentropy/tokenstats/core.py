@@ -14,6 +14,7 @@ detached statistics.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -133,6 +134,17 @@ def _nonfinite_where(t: torch.Tensor) -> str:
 # the shared block loops
 
 
+def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context that disables autocast on `device` (a no-op where autocast does not exist).
+
+    Inside a caller's `torch.autocast(...)` region the block loops must still project and reduce in
+    float32 with float32 accumulation; autocast would run matmul-like ops (mm, bmm) in bf16/fp16.
+    """
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _forward_blocks(
     fill: Callable[[torch.Tensor, int, int, int, int], None],
     tokens: torch.Tensor,
@@ -143,6 +155,8 @@ def _forward_blocks(
 ) -> tuple[torch.Tensor, ...]:
     """Run `block_partials` over all blocks; `fill(z, i0, i1, v0, v1)` writes raw float32 logits.
 
+    Autocast is disabled on `device` for the whole loop (`fill` included).
+
     Returns:
         (logp, entropy, s, s_bar, sum_p2, mraw, log_s0), each [M] float32.
     """
@@ -150,23 +164,24 @@ def _forward_blocks(
     out = [torch.empty(m_rows, dtype=_F32, device=device) for _ in range(7)]  # 7 x [M]
     if m_rows == 0:
         return tuple(out)
-    zbuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
-    ebuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
-    for i0 in range(0, m_rows, plan.rows):
-        i1 = min(m_rows, i0 + plan.rows)
-        n = i1 - i0
-        tok = tokens[i0:i1]  # [n]
-        parts = []
-        for v0 in range(0, vocab, plan.vocab):
-            v1 = min(vocab, v0 + plan.vocab)
-            z = zbuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
-            e = ebuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
-            fill(z, i0, i1, v0, v1)
-            parts.append(block_partials(z, e, tok, v0, inv_temp))
-        mraw, r, w, q1, u, zk_raw = merge_partials(parts, inv_temp)
-        logp, entropy, s, s_bar, sum_p2, log_s0 = finalize(mraw, r, w, q1, u, zk_raw, inv_temp)
-        for j, t in enumerate((logp, entropy, s, s_bar, sum_p2, mraw, log_s0)):
-            out[j][i0:i1] = t
+    with _autocast_off(device):
+        zbuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
+        ebuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
+        for i0 in range(0, m_rows, plan.rows):
+            i1 = min(m_rows, i0 + plan.rows)
+            n = i1 - i0
+            tok = tokens[i0:i1]  # [n]
+            parts = []
+            for v0 in range(0, vocab, plan.vocab):
+                v1 = min(vocab, v0 + plan.vocab)
+                z = zbuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
+                e = ebuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
+                fill(z, i0, i1, v0, v1)
+                parts.append(block_partials(z, e, tok, v0, inv_temp))
+            mraw, r, w, q1, u, zk_raw = merge_partials(parts, inv_temp)
+            logp, entropy, s, s_bar, sum_p2, log_s0 = finalize(mraw, r, w, q1, u, zk_raw, inv_temp)
+            for j, t in enumerate((logp, entropy, s, s_bar, sum_p2, mraw, log_s0)):
+                out[j][i0:i1] = t
     return tuple(out)
 
 
@@ -183,26 +198,30 @@ def _backward_blocks(
     g_logp: torch.Tensor,
     g_entropy: torch.Tensor,
 ) -> None:
-    """Recompute each block, form dL/dz and hand it to `consume(dz, i0, i1, v0, v1)`."""
+    """Recompute each block, form dL/dz and hand it to `consume(dz, i0, i1, v0, v1)`.
+
+    Autocast is disabled on the tokens' device for the whole loop (`fill` and `consume` included).
+    """
     m_rows = tokens.shape[0]
     if m_rows == 0:
         return
     device = tokens.device
-    zbuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
-    ebuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
-    for i0 in range(0, m_rows, plan.rows):
-        i1 = min(m_rows, i0 + plan.rows)
-        n = i1 - i0
-        for v0 in range(0, vocab, plan.vocab):
-            v1 = min(vocab, v0 + plan.vocab)
-            z = zbuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
-            e = ebuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
-            fill(z, i0, i1, v0, v1)
-            dz = block_grad_logits(
-                z, e, tokens[i0:i1], v0, mraw[i0:i1], log_s0[i0:i1], entropy[i0:i1],
-                g_logp[i0:i1], g_entropy[i0:i1], inv_temp,
-            )  # [n, vc]
-            consume(dz, i0, i1, v0, v1)
+    with _autocast_off(device):
+        zbuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
+        ebuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
+        for i0 in range(0, m_rows, plan.rows):
+            i1 = min(m_rows, i0 + plan.rows)
+            n = i1 - i0
+            for v0 in range(0, vocab, plan.vocab):
+                v1 = min(vocab, v0 + plan.vocab)
+                z = zbuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
+                e = ebuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
+                fill(z, i0, i1, v0, v1)
+                dz = block_grad_logits(
+                    z, e, tokens[i0:i1], v0, mraw[i0:i1], log_s0[i0:i1], entropy[i0:i1],
+                    g_logp[i0:i1], g_entropy[i0:i1], inv_temp,
+                )  # [n, vc]
+                consume(dz, i0, i1, v0, v1)
 
 
 def _upstream(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
