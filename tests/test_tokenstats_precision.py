@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from rlentropy.tokenstats import TokenStats, token_stats, token_stats_from_hidden, token_stats_reference
 
@@ -173,3 +174,45 @@ def test_logits_path_at_qwen_vocabulary(workspace):
     logits = logits64.float()  # [N, V]
     out = token_stats(logits, tokens, workspace_bytes=workspace)
     _assert_stats_scaled(out, logits.double(), tokens, token_stats_reference(logits, tokens))
+
+
+# ------------------------------------------------------------------------------ low-precision weights
+
+
+class _WeightUpcasts(TorchDispatchMode):
+    """Counts the float32 copies made of (slices of) one low-precision tensor."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.ptr = weight.untyped_storage().data_ptr()
+        self.rows = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        src = args[0] if args else None
+        if (
+            func is torch.ops.aten._to_copy.default
+            and isinstance(src, torch.Tensor)
+            and src.untyped_storage().data_ptr() == self.ptr
+            and (kwargs or {}).get("dtype") == torch.float32
+        ):
+            self.rows += src.shape[0]
+        return func(*args, **(kwargs or {}))
+
+
+def test_low_precision_weight_is_upcast_once_per_pass():
+    # bf16 W [4000, 8] in 256 KiB: 64-row blocks x 9 vocabulary slices of 481 columns, 2 row blocks.
+    # Each pass (forward; backward recompute + dhidden) must copy each weight slice to float32 once,
+    # not once per row block (and not twice in backward): 4000 weight rows per pass.
+    g = torch.Generator().manual_seed(41)
+    hidden = torch.randn(128, 8, generator=g).to(torch.bfloat16).requires_grad_()  # [N, d]
+    weight = torch.randn(4000, 8, generator=g).to(torch.bfloat16)  # [V, d] frozen (as under LoRA)
+    tokens = torch.randint(0, 4000, (128,), generator=g)
+    with _WeightUpcasts(weight) as fwd:
+        out = token_stats_from_hidden(hidden, weight, tokens, workspace_bytes=256 * 1024)
+    with _WeightUpcasts(weight) as bwd:
+        (out.logp + out.entropy).sum().backward()
+    assert fwd.rows == 4000 and bwd.rows == 4000
+    ref, (gh,) = _ref_and_grads([hidden], lambda h: h @ weight.double().T, tokens, torch.ones(128), torch.ones(128))
+    for f in FIELDS:
+        _close(getattr(out, f), ref[f])
+    _close(hidden.grad, gh, rtol=2**-7, atol=1e-4)
