@@ -97,8 +97,15 @@ def run_one(case: str, vocab: int, dim: int, n: int, backward: bool, workspace: 
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         del res
     peak = _peak_bytes() - base
-    return {"case": case, "dim": dim, "n": n, "backward": backward, "seconds": seconds, "cpu": cpu,
-            "peak_bytes": max(peak, 0)}
+    return {
+        "case": case,
+        "dim": dim,
+        "n": n,
+        "backward": backward,
+        "seconds": seconds,
+        "cpu": cpu,
+        "peak_bytes": max(peak, 0),
+    }
 
 
 def main() -> None:
@@ -123,8 +130,10 @@ def main() -> None:
 
     import torch
 
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, V={args.vocab}, float32, CPU, "
-          f"workspace {args.workspace_mib} MiB")
+    print(
+        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, V={args.vocab}, float32, CPU, "
+        f"workspace {args.workspace_mib} MiB"
+    )
     print("| d | N | backward | case | CPU s | wall s | peak MiB | CPU / (a) | peak / (a) | CPU / matmul |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for dim in args.dims:
@@ -135,9 +144,21 @@ def main() -> None:
                 for case in args.cases:
                     if case == "matmul" and bwd:
                         continue
-                    cmd = [sys.executable, __file__, "--vocab", str(args.vocab), "--workspace-mib",
-                           str(args.workspace_mib), "--threads", str(args.threads),
-                           "--one", case, str(dim), str(n), "1" if bwd else "0"]
+                    cmd = [
+                        sys.executable,
+                        __file__,
+                        "--vocab",
+                        str(args.vocab),
+                        "--workspace-mib",
+                        str(args.workspace_mib),
+                        "--threads",
+                        str(args.threads),
+                        "--one",
+                        case,
+                        str(dim),
+                        str(n),
+                        "1" if bwd else "0",
+                    ]
                     out = subprocess.run(cmd, capture_output=True, text=True)
                     if out.returncode != 0:
                         print(f"| {dim} | {n} | {bwd} | {LABEL[case]} | failed: {out.stderr.strip()[-200:]} |")
@@ -150,8 +171,12 @@ def main() -> None:
                     ratio_t = f"{r['cpu'] / a['cpu']:.2f}" if a else "-"
                     ratio_m = f"{r['peak_bytes'] / a['peak_bytes']:.3f}" if a and a["peak_bytes"] else "-"
                     ratio_mm = f"{r['cpu'] / matmul_s:.2f}" if matmul_s else "-"
-                    print(f"| {dim} | {n} | {'yes' if bwd else 'no'} | {LABEL[case]} | {r['cpu']:.2f} | {r['seconds']:.2f} | "
-                          f"{r['peak_bytes'] / 2**20:.0f} | {ratio_t} | {ratio_m} | {ratio_mm} |", flush=True)
+                    print(
+                        f"| {dim} | {n} | {'yes' if bwd else 'no'} | {LABEL[case]} | {r['cpu']:.2f} | "
+                        f"{r['seconds']:.2f} | "
+                        f"{r['peak_bytes'] / 2**20:.0f} | {ratio_t} | {ratio_m} | {ratio_mm} |",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

@@ -55,12 +55,13 @@ def test_low_and_high_precision_inputs_reduce_in_float32(dtype):
 
 @pytest.mark.parametrize("gap", [20.0, 28.0, 40.0])
 @pytest.mark.parametrize("workspace", [2**28, 4000])
-def test_near_one_hot_rows_are_exact(gap, workspace):
-    # z = [gap, 0, ..., 0], V = 1000. With r = (V-1) e^-gap (the mass off the arg-max, unnormalised):
+@pytest.mark.parametrize("vocab", [1000, 151_936])
+def test_near_one_hot_rows_are_exact(gap, workspace, vocab):
+    # z = [gap, 0, ..., 0]. With r = (V-1) e^-gap (the mass off the arg-max, unnormalised):
     #   log p_0 = -log1p(r),   H = log1p(r) + gap * r / (1 + r)
-    # gap 28: r = 999 e^-28 = 6.9e-10, H = 6.9e-10 + 28 * 6.9e-10 = 2.0e-8 (the "H ~ 1e-8" case).
+    # gap 28, V = 1000: r = 999 e^-28 = 6.9e-10, H = 6.9e-10 + 28 * 6.9e-10 = 2.0e-8 (the "H ~ 1e-8" case).
     # The naive float64 log_softmax gets log p_0 wrong at gap 40 (lse rounds); the closed form does not.
-    vocab = 1000
+    # V = 151,936 (Qwen2.5): 151,935 equal tiny terms per sum, where one serial float32 chain loses 1e-3.
     z = torch.zeros(2, vocab)
     z[:, 0] = gap
     tokens = torch.tensor([0, 5])
@@ -369,7 +370,9 @@ def test_error_messages():
     tok = torch.zeros(2, 3, dtype=torch.long)
     with pytest.raises(ValueError, match=r"logits must be a floating-point tensor, got dtype torch.int64"):
         token_stats(torch.zeros(2, 3, 10, dtype=torch.long), tok)
-    with pytest.raises(ValueError, match=r"tokens has shape \[2, 4\] but logits \[2, 3, 10\] has leading shape \[2, 3\]"):
+    with pytest.raises(
+        ValueError, match=r"tokens has shape \[2, 4\] but logits \[2, 3, 10\] has leading shape \[2, 3\]"
+    ):
         token_stats(z, torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"tokens must lie in \[0, 10\).*got values in \[0, 10\]"):
         token_stats(z, torch.tensor([[0, 1, 10], [0, 0, 0]]))
@@ -385,14 +388,19 @@ def test_error_messages():
         token_stats(z, tok, workspace_bytes=0)
     bad = z.clone()
     bad[1, 2, 4] = float("nan")
-    with pytest.raises(ValueError, match=r"logits \(shape \[2, 3, 10\]\) contains non-finite values.*first at index \[5, 4\]"):
+    with pytest.raises(
+        ValueError, match=r"logits \(shape \[2, 3, 10\]\) contains non-finite values.*first at index \[5, 4\]"
+    ):
         token_stats(bad, tok)
     out = token_stats(bad, tok, check_finite=False)
     assert torch.isnan(out.entropy[1, 2]) and torch.isfinite(out.entropy[0]).all()
 
     h = torch.randn(2, 3, 4)
     w = torch.randn(10, 4)
-    with pytest.raises(ValueError, match=r"hidden must have shape \[\.\.\., d\] with d = lm_head_weight.shape\[1\] = 4, got \[2, 3, 5\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"hidden must have shape \[\.\.\., d\] with d = lm_head_weight.shape\[1\] = 4, got \[2, 3, 5\]",
+    ):
         token_stats_from_hidden(torch.randn(2, 3, 5), w, tok)
     with pytest.raises(ValueError, match=r"lm_head_weight must have shape \[V, d\], got \[40\]"):
         token_stats_from_hidden(h, torch.randn(40), tok)
@@ -404,7 +412,10 @@ def test_error_messages():
         token_stats_from_hidden(h, w, tok.T)
     w_bad = w.clone()
     w_bad[3, 1] = float("inf")
-    with pytest.raises(ValueError, match=r"lm_head_weight \(shape \[10, 4\]\) contains non-finite values: 1 entries, first at index \[3, 1\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"lm_head_weight \(shape \[10, 4\]\) contains non-finite values: 1 entries, first at index \[3, 1\]",
+    ):
         token_stats_from_hidden(h, w_bad, tok)
     h_bad = h.clone()
     h_bad[0, 1, 0] = float("nan")

@@ -81,19 +81,6 @@ def plan_chunks(n_rows: int, vocab: int, *, workspace_bytes: int, weight_upcast_
     return ChunkPlan(rows=want_rows, vocab=vc, vocab_slices=-(-vocab // vc))
 
 
-def rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise dot product without an [n, vc] temporary.
-
-    Args:
-        a: [n, vc] float32.
-        b: [n, vc] float32.
-
-    Returns:
-        [n] float32, sum_j a[i, j] * b[i, j].
-    """
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)  # [n]
-
-
 def block_partials(
     z: torch.Tensor, e: torch.Tensor, tokens: torch.Tensor, v0: int, inv_temp: float
 ) -> tuple[torch.Tensor, ...]:
@@ -121,11 +108,17 @@ def block_partials(
         z.mul_(inv_temp)
     torch.exp(z, out=e)  # [n, vc]
     e.scatter_(1, amax.unsqueeze(1), 0.0)  # drop the arg-max term (it is exactly 1)
+    # Every accumulator is an elementwise product followed by `sum`, never a matmul: `sum` reduces
+    # pairwise / in a tree on every backend (error ~1e-7 relative at V = 151,936), while a
+    # [1, V] x [V, 1] bmm is one serial float32 chain on CPU (2.4e-4 relative, biased low) and runs
+    # in bf16 under autocast. z is consumed in place: x - m, then e (x - m), then e^2 (x - m).
     r = e.sum(dim=1)  # [n]
-    w = rowdot(e, z).neg_()  # [n]  sum e (m - x)
+    z.mul_(e)  # [n, vc]  e (x - m), 0 at the arg-max
+    w = z.sum(dim=1).neg_()  # [n]  sum e (m - x)
+    z.mul_(e)  # [n, vc]  e^2 (x - m)
+    u = z.sum(dim=1).neg_()  # [n]  sum e^2 (m - x)
     e.mul_(e)  # [n, vc]  e^2 (arg-max term still 0)
     q1 = e.sum(dim=1).add_(1.0)  # [n]
-    u = rowdot(e, z).neg_()  # [n]
     return mraw, r, w, q1, u, zk_raw, has_k
 
 

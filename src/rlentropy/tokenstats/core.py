@@ -14,8 +14,9 @@ detached statistics.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Callable
 
 import torch
 
@@ -55,7 +56,7 @@ class TokenStats:
     s_bar: torch.Tensor
     sum_p2: torch.Tensor
 
-    def detach(self) -> "TokenStats":
+    def detach(self) -> TokenStats:
         """The same statistics with `logp` and `entropy` detached from the graph."""
         return TokenStats(
             logp=self.logp.detach(),
@@ -137,6 +138,17 @@ def _nonfinite_where(t: torch.Tensor) -> str:
 # the shared block loops
 
 
+def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context that disables autocast on `device` (a no-op where autocast does not exist).
+
+    Inside a caller's `torch.autocast(...)` region the block loops must still project and reduce in
+    float32 with float32 accumulation; autocast would run matmul-like ops (mm, bmm) in bf16/fp16.
+    """
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _forward_blocks(
     fill: Callable[[torch.Tensor, int, int, int, int], None],
     tokens: torch.Tensor,
@@ -147,31 +159,36 @@ def _forward_blocks(
 ) -> tuple[torch.Tensor, ...]:
     """Run `block_partials` over all blocks; `fill(z, i0, i1, v0, v1)` writes raw float32 logits.
 
+    Vocabulary slices are the outer loop and row blocks the inner one, so `fill` sees each slice
+    [v0, v1) once, for all rows in order (a low-precision weight slice is up-cast once per call).
+    Autocast is disabled on `device` for the whole loop (`fill` included).
+
     Returns:
         (logp, entropy, s, s_bar, sum_p2, mraw, log_s0), each [M] float32.
     """
     m_rows = tokens.shape[0]
-    out = [torch.empty(m_rows, dtype=_F32, device=device) for _ in range(7)]  # 7 x [M]
     if m_rows == 0:
-        return tuple(out)
-    zbuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
-    ebuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
-    for i0 in range(0, m_rows, plan.rows):
-        i1 = min(m_rows, i0 + plan.rows)
-        n = i1 - i0
-        tok = tokens[i0:i1]  # [n]
-        parts = []
+        return tuple(torch.empty(0, dtype=_F32, device=device) for _ in range(7))
+    with _autocast_off(device):
+        zbuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
+        ebuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
+        parts = []  # per vocabulary slice: the 7 `block_partials` results for all M rows
         for v0 in range(0, vocab, plan.vocab):
             v1 = min(vocab, v0 + plan.vocab)
-            z = zbuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
-            e = ebuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
-            fill(z, i0, i1, v0, v1)
-            parts.append(block_partials(z, e, tok, v0, inv_temp))
+            acc = [torch.empty(m_rows, dtype=_F32, device=device) for _ in range(6)]  # 6 x [M]
+            acc.append(torch.empty(m_rows, dtype=torch.bool, device=device))  # [M] has_k
+            for i0 in range(0, m_rows, plan.rows):
+                i1 = min(m_rows, i0 + plan.rows)
+                n = i1 - i0
+                z = zbuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
+                e = ebuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
+                fill(z, i0, i1, v0, v1)
+                for a, t in zip(acc, block_partials(z, e, tokens[i0:i1], v0, inv_temp), strict=True):
+                    a[i0:i1] = t
+            parts.append(tuple(acc))
         mraw, r, w, q1, u, zk_raw = merge_partials(parts, inv_temp)
         logp, entropy, s, s_bar, sum_p2, log_s0 = finalize(mraw, r, w, q1, u, zk_raw, inv_temp)
-        for j, t in enumerate((logp, entropy, s, s_bar, sum_p2, mraw, log_s0)):
-            out[j][i0:i1] = t
-    return tuple(out)
+    return logp, entropy, s, s_bar, sum_p2, mraw, log_s0
 
 
 def _backward_blocks(
@@ -187,26 +204,39 @@ def _backward_blocks(
     g_logp: torch.Tensor,
     g_entropy: torch.Tensor,
 ) -> None:
-    """Recompute each block, form dL/dz and hand it to `consume(dz, i0, i1, v0, v1)`."""
+    """Recompute each block, form dL/dz and hand it to `consume(dz, i0, i1, v0, v1)`.
+
+    Same order as `_forward_blocks` (vocabulary slices outer, row blocks inner). Autocast is
+    disabled on the tokens' device for the whole loop (`fill` and `consume` included).
+    """
     m_rows = tokens.shape[0]
     if m_rows == 0:
         return
     device = tokens.device
-    zbuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
-    ebuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
-    for i0 in range(0, m_rows, plan.rows):
-        i1 = min(m_rows, i0 + plan.rows)
-        n = i1 - i0
+    with _autocast_off(device):
+        zbuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
+        ebuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
         for v0 in range(0, vocab, plan.vocab):
             v1 = min(vocab, v0 + plan.vocab)
-            z = zbuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
-            e = ebuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
-            fill(z, i0, i1, v0, v1)
-            dz = block_grad_logits(
-                z, e, tokens[i0:i1], v0, mraw[i0:i1], log_s0[i0:i1], entropy[i0:i1],
-                g_logp[i0:i1], g_entropy[i0:i1], inv_temp,
-            )  # [n, vc]
-            consume(dz, i0, i1, v0, v1)
+            for i0 in range(0, m_rows, plan.rows):
+                i1 = min(m_rows, i0 + plan.rows)
+                n = i1 - i0
+                z = zbuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
+                e = ebuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
+                fill(z, i0, i1, v0, v1)
+                dz = block_grad_logits(
+                    z,
+                    e,
+                    tokens[i0:i1],
+                    v0,
+                    mraw[i0:i1],
+                    log_s0[i0:i1],
+                    entropy[i0:i1],
+                    g_logp[i0:i1],
+                    g_entropy[i0:i1],
+                    inv_temp,
+                )  # [n, vc]
+                consume(dz, i0, i1, v0, v1)
 
 
 def _upstream(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -269,8 +299,17 @@ class _LogitsStatsFn(torch.autograd.Function):
                 grad_flat[rows[i0:i1], v0:v1] = dz.to(grad.dtype)
 
         _backward_blocks(
-            reader.fill, consume, tokens, vocab, ctx.plan, ctx.inv_temp, mraw, log_s0, entropy,
-            _upstream(g_logp, entropy), _upstream(g_entropy, entropy),
+            reader.fill,
+            consume,
+            tokens,
+            vocab,
+            ctx.plan,
+            ctx.inv_temp,
+            mraw,
+            log_s0,
+            entropy,
+            _upstream(g_logp, entropy),
+            _upstream(g_entropy, entropy),
         )
         return grad, None, None, None, None
 
@@ -279,16 +318,39 @@ class _LogitsStatsFn(torch.autograd.Function):
 # hidden-state path
 
 
+class _Float32Slices:
+    """Float32 views of vocabulary slices of the lm_head weight, up-cast at most once per slice.
+
+    The block loops visit the slices in order, each for all row blocks (forward: `fill`; backward:
+    `fill` then `consume`), so one cached slice means one up-cast per slice per pass, at most
+    `vc * d` float32 at a time (what `plan_chunks` charges). A float32 weight is sliced in place.
+    """
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight = weight
+        self.key: tuple[int, int] | None = None
+        self.slice: torch.Tensor | None = None
+
+    def __call__(self, v0: int, v1: int) -> torch.Tensor:
+        """The float32 [v1 - v0, d] slice of the weight."""
+        if self.weight.dtype == _F32:
+            return self.weight[v0:v1]  # [vc, d]
+        if self.key != (v0, v1):
+            self.slice = None  # free the previous slice first: one at a time
+            self.slice = self.weight[v0:v1].to(_F32)  # [vc, d]
+            self.key = (v0, v1)
+        return self.slice
+
+
 class _HiddenStatsFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, tokens, inv_temp, plan):  # noqa: D102
         vocab = weight.shape[0]
-        lowp = hidden.dtype != _F32 or weight.dtype != _F32 or (bias is not None and bias.dtype != _F32)
-        w32 = weight.to(_F32) if lowp and not plan.vocab_chunked else None  # [V, d], within the plan
+        w32 = _Float32Slices(weight)
         b32 = bias.to(_F32) if bias is not None else None  # [V]
 
         def fill(z: torch.Tensor, i0: int, i1: int, v0: int, v1: int) -> None:
-            _project(z, hidden[i0:i1], weight, w32, b32, v0, v1)
+            _project(z, hidden[i0:i1], w32(v0, v1), b32, v0, v1)
 
         logp, entropy, s, s_bar, sum_p2, mraw, log_s0 = _forward_blocks(
             fill, tokens, vocab, plan, inv_temp, hidden.device
@@ -305,28 +367,35 @@ class _HiddenStatsFn(torch.autograd.Function):
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         plan: ChunkPlan = ctx.plan
         vocab = weight.shape[0]
-        lowp = hidden.dtype != _F32 or weight.dtype != _F32 or (bias is not None and bias.dtype != _F32)
-        w32 = weight.to(_F32) if lowp and not plan.vocab_chunked else None  # [V, d]
+        w32 = _Float32Slices(weight)  # shared by fill and consume: one up-cast per slice
         b32 = bias.to(_F32) if bias is not None else None  # [V]
         g_h = torch.zeros(hidden.shape, dtype=_F32, device=hidden.device) if need_h else None  # [M, d]
         g_w = torch.zeros(weight.shape, dtype=_F32, device=weight.device) if need_w else None  # [V, d]
         g_b = torch.zeros(vocab, dtype=_F32, device=weight.device) if need_b else None  # [V]
 
         def fill(z: torch.Tensor, i0: int, i1: int, v0: int, v1: int) -> None:
-            _project(z, hidden[i0:i1], weight, w32, b32, v0, v1)
+            _project(z, hidden[i0:i1], w32(v0, v1), b32, v0, v1)
 
         def consume(dz: torch.Tensor, i0: int, i1: int, v0: int, v1: int) -> None:
             if g_h is not None:
-                w_slice = w32[v0:v1] if w32 is not None else weight[v0:v1].to(_F32)  # [vc, d]
-                g_h[i0:i1].addmm_(dz, w_slice)  # [n, d]
+                g_h[i0:i1].addmm_(dz, w32(v0, v1))  # [n, d]
             if g_w is not None:
                 g_w[v0:v1].addmm_(dz.t(), hidden[i0:i1].to(_F32))  # [vc, d]
             if g_b is not None:
                 g_b[v0:v1] += dz.sum(0)  # [vc]
 
         _backward_blocks(
-            fill, consume, tokens, vocab, plan, ctx.inv_temp, mraw, log_s0, entropy,
-            _upstream(g_logp, entropy), _upstream(g_entropy, entropy),
+            fill,
+            consume,
+            tokens,
+            vocab,
+            plan,
+            ctx.inv_temp,
+            mraw,
+            log_s0,
+            entropy,
+            _upstream(g_logp, entropy),
+            _upstream(g_entropy, entropy),
         )
         return (
             g_h.to(hidden.dtype) if g_h is not None else None,
@@ -339,21 +408,12 @@ class _HiddenStatsFn(torch.autograd.Function):
 
 
 def _project(
-    z: torch.Tensor,
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    w32: torch.Tensor | None,
-    b32: torch.Tensor | None,
-    v0: int,
-    v1: int,
+    z: torch.Tensor, h: torch.Tensor, w_slice: torch.Tensor, b32: torch.Tensor | None, v0: int, v1: int
 ) -> None:
-    """z[n, vc] = h[n, d] @ weight[v0:v1].T + bias[v0:v1], computed and stored in float32."""
-    if w32 is not None:
-        w_slice = w32[v0:v1]  # [vc, d] float32
-    else:
-        w_slice = weight[v0:v1]  # [vc, d]
-        if w_slice.dtype != _F32:
-            w_slice = w_slice.to(_F32)
+    """z[n, vc] = h[n, d] @ w_slice[vc, d].T + bias[v0:v1], computed and stored in float32.
+
+    `w_slice` is float32; `h` of any float dtype is up-cast here (n * d elements per block).
+    """
     h32 = h if h.dtype == _F32 else h.to(_F32)  # [n, d]
     if b32 is not None:
         torch.addmm(b32[v0:v1], h32, w_slice.t(), out=z)  # [n, vc]
@@ -395,7 +455,8 @@ def token_stats(
     """Per-token statistics from logits you already have.
 
     Works in float32 on row blocks of at most `workspace_bytes` of scratch, whatever the dtype of
-    `logits` (bf16 / fp16 / fp32 / fp64), with max-subtracted logits. Only positions with
+    `logits` (bf16 / fp16 / fp32 / fp64), with max-subtracted logits, and with autocast disabled
+    inside (a caller's `torch.autocast` region does not change the result). Only positions with
     `mask != 0` are computed; the others are 0 in every field and get zero gradient.
 
     Args:
@@ -459,7 +520,8 @@ def token_stats_from_hidden(
     recomputes each block from (hidden, W) instead of storing [N, V]; it saves only a few float32
     values per token. Positions with `mask == 0` (prompt, padding) are never projected, are 0 in
     every field and get zero gradient. Inputs of any float dtype are projected and reduced in
-    float32 (low-precision weights are up-cast one vocabulary slice at a time).
+    float32 (low-precision weights are up-cast one vocabulary slice at a time, once per slice per
+    pass), with autocast disabled inside, so a caller's `torch.autocast` region does not change them.
 
     Args:
         hidden: [..., d] final hidden states (after the final norm), e.g. [B, T, d], where
@@ -511,10 +573,10 @@ def token_stats_from_hidden(
     if rows is not None:
         h = h.index_select(0, rows)  # [M, d]  masked positions are never projected
         tok = tok[rows]  # [M]
-    lowp = h.dtype != _F32 or lm_head_weight.dtype != _F32 or (bias is not None and bias.dtype != _F32)
-    plan = plan_chunks(
-        tok.shape[0], vocab, workspace_bytes=workspace_bytes, weight_upcast_width=width if lowp else 0
-    )
+    # only a low-precision weight needs a float32 copy in the workspace (one [vc, d] slice at a time);
+    # low-precision hidden rows are up-cast per block ([n, d]) and the bias once ([V]), uncharged
+    upcast = width if lm_head_weight.dtype != _F32 else 0
+    plan = plan_chunks(tok.shape[0], vocab, workspace_bytes=workspace_bytes, weight_upcast_width=upcast)
     outs = _HiddenStatsFn.apply(h, lm_head_weight, bias, tok, inv_temp, plan)
     if (__debug__ if check_finite is None else check_finite) and not _outputs_finite(outs):
         for name, t in (("hidden", h), ("lm_head_weight", lm_head_weight), ("bias", bias)):
