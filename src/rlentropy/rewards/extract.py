@@ -217,18 +217,6 @@ def r1_format_ok(completion: str, *, prefix: str = "<think>") -> bool:
 _NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+")
 
 
-def brace_depth(text: str) -> int:
-    """Deepest `{...}` nesting in `text` (unbalanced closing braces are ignored)."""
-    depth = best = 0
-    for ch in text:
-        if ch == "{":
-            depth += 1
-            best = max(best, depth)
-        elif ch == "}" and depth:
-            depth -= 1
-    return best
-
-
 def as_plain_number(ans: str, *, max_chars: int = 40) -> Fraction | None:
     """The exact value of `ans` when it is a plain decimal number ("18", "-3.50", "1,234", "$5"),
     else None. Used as the fast path of the verifier: two plain numbers are compared exactly
