@@ -6,7 +6,8 @@ import time
 from fractions import Fraction
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rlentropy.rewards import (
     MathScorer,
@@ -19,8 +20,10 @@ from rlentropy.rewards import (
     extract_r1,
     r1_format_ok,
     r1_format_reward,
+    screen_answer,
     verify_answers,
 )
+from rlentropy.rewards.screen import DEFAULT_SCREEN, ScreenLimits
 
 
 @pytest.fixture(scope="module")
@@ -116,22 +119,52 @@ def test_scorer_batch_of_64_is_fast(pool):
 
 def test_r1_reward_needs_format_and_correctness(pool):
     scorer = MathScorer(style="r1", require_r1_format=True, pool=pool)
-    comps = [" ok </think> <answer> 7 </answer>", " ok </think> x <answer> 7 </answer>", " </think> <answer> 8 </answer>"]
+    comps = [
+        " ok </think> <answer> 7 </answer>",
+        " ok </think> x <answer> 7 </answer>",
+        " </think> <answer> 8 </answer>",
+    ]
     assert scorer.score(comps, ["7", "7", "7"]) == [1.0, 0.0, 0.0]
 
 
-# Inputs caught before any parsing (answer length / brace-depth guards, linear-time extraction).
+# Inputs caught before any parsing (linear-time extraction and its length limit, the pre-screen).
 GUARDED = {
     "one_megabyte": r"\boxed{" + "9" * (1 << 20) + "}",
     "one_megabyte_of_tags": "<answer>" * (1 << 17) + "Answer:" * 1000,
     "deep_braces": r"\boxed{" + "{" * 5000 + "1" + "}" * 5000 + "}",
     "frac_tower": r"\boxed{" + r"\frac{" * 200 + "1" + "}{2}" * 200 + "}",
 }
-# Inputs that reach sympy and hang it in C code: only the out-of-process kill stops them.
-HANGING = {
-    "power_tower": r"\boxed{9^{9^{9^{9}}}}",
-    "factorial_tower": r"\boxed{((99999!)!)!}",
+# Extracted answers the pre-screen rejects; each would hang sympy or its LaTeX parser for seconds
+# (measured: 12 nested `{}` 2.6 s, `9^{9^9}` / `999999!` / `\binom{10^9}{10^8}` over 4 s).
+SCREENED = {
+    "power_tower": (r"9^{9^{9^{9}}}", "stacked exponents"),
+    "bare_power_tower": (r"9^9^9^9", "stacked exponents"),
+    "huge_power": (r"9^{9^9}", "power of about"),
+    "python_power": (r"9**9**9", "power of about"),
+    "negative_huge_power": (r"10^{-10^{7}}", "power of about"),
+    "rational_power": (r"\left(\frac{3}{7}\right)^{3300000}", "power of about"),
+    "factorial_tower": (r"((99999!)!)!", "factorial"),
+    "huge_factorial": (r"999999!", "factorial"),
+    "repeated_factorial": (r"9!!!", "factorial"),  # ((9!)!)! to latex2sympy
+    "gamma": (r"\Gamma(10^9)", "Gamma"),
+    "binomial": (r"\binom{10^9}{10^8}", "binomial"),
+    "product_range": (r"\prod_{k=1}^{10^6} k", "terms"),
+    "symbolic_power": (r"(x+1)^{9^9}", "exponent over"),
+    "nested_braces": ("{" * 12 + "x" + "}" * 12, "nested 12 deep"),
+    "nested_sin": (r"\sin(" * 12 + "x" + ")" * 12, "nested 12 deep"),
+    "long_sum": ("+".join(["x^2"] * 200), "longer than 512"),
 }
+# Answers that pass the pre-screen (they look like polynomials) but that sympy takes far longer
+# than any limit to compare with "1" (over 20 s each, measured): only the out-of-process kill stops
+# them.
+HANGING = {
+    "poly_power_4vars": "(x+y+z+w)^{40}",
+    "poly_power_5vars": "(a+b+c+d+e)^{20}-1",
+}
+
+
+def _boxed(answer: str) -> str:
+    return "... so \\boxed{" + answer + "}"
 
 
 @pytest.mark.parametrize("name", sorted(GUARDED))
@@ -146,17 +179,130 @@ def test_guarded_adversarial_inputs_return_zero_fast(pool, name):
     assert pool.stats.timeouts == 0  # none of them needed a kill
 
 
+def test_screen_rejects_adversarial_answers_with_a_reason():
+    for name, (answer, why) in SCREENED.items():
+        reason = screen_answer(answer)
+        assert reason is not None and why in reason, (name, reason)
+
+
+def test_screen_thresholds_are_exact():
+    lim = DEFAULT_SCREEN
+    assert (lim.max_chars, lim.max_nesting, lim.max_tower) == (512, 8, 2)
+    assert (lim.max_digits, lim.max_exponent, lim.max_terms) == (100_000, 100_000, 10_000)
+    cases = {
+        "chars": ("1" * 512, "1" * 513),
+        "nesting": ("(" * 8 + "x" + ")" * 8, "(" * 9 + "x" + ")" * 9),
+        "tower": ("2^{2^{2}}", "2^{2^{2^{2}}}"),
+        "power digits": ("2^{332192}", "2^{332200}"),  # 99,999.7 and 100,002 digits
+        "factorial digits": ("25000!", "30000!"),  # 99,094 and 121,288 digits
+        "symbolic exponent": ("x^{100000}", "x^{100001}"),
+        "sum range": (r"\sum_{k=1}^{10000} k", r"\sum_{k=1}^{10001} k"),
+    }
+    for rule, (ok, bad) in cases.items():
+        assert screen_answer(ok) is None, rule
+        assert screen_answer(bad) is not None, rule
+    assert screen_answer("5!!") is None  # (5!)! = 120!, 199 digits
+    # Tighter limits are honoured.
+    assert screen_answer("(((x)))", ScreenLimits(max_nesting=2)) is not None
+
+
+def test_screen_passes_every_bundled_gold_in_every_template():
+    # The full scoring of these golds is tests/test_data.py::test_every_gold_answer_verifies_in_every_template;
+    # here only the pre-screen, on the answers exactly as each template's extraction returns them.
+    from rlentropy.data import DataConfig, build_task, loaders
+    from rlentropy.data.templates import TEMPLATES
+
+    golds = {
+        e.answer
+        for name in ("gsm8k", "math500", "aime24", "aime25", "amc23")
+        for e in build_task(DataConfig(task=name)).eval_examples()
+    }
+    golds |= {e.answer for e in build_task(DataConfig(task="gsm8k")).train_examples()}
+    golds |= {e.answer for e in loaders.load_dataset_split("dapo17k", "train")}
+    assert len(golds) > 2500
+    for tname, tpl in TEMPLATES.items():
+        extracted = {extract_answer(tpl.format_answer(g), tpl.answer_style) for g in golds}
+        bad = {a: screen_answer(a) for a in extracted if a is not None and screen_answer(a)}
+        assert not bad, (tname, list(bad.items())[:5])
+
+
+def test_screened_answers_never_reach_a_worker():
+    p = VerifierPool(1, timeout_s=1.5)
+    try:
+        pairs = [("1", answer) for answer, _ in SCREENED.values()]
+        assert p.verify_many(pairs) == [False] * len(pairs)
+        assert p.stats.screened == len(pairs) and p.stats.timeouts == 0
+        assert p._workers == []  # no worker process was even started
+    finally:
+        p.close()
+    # With the pre-screen off they do go to the workers (the benchmark's baseline).
+    assert VerifierPool(1, screen=None).screen is None
+
+
+def _wait_warm(p: VerifierPool, n: int = 1, limit_s: float = 60.0) -> None:
+    t0 = time.monotonic()
+    while p.workers_ready() < n:
+        assert time.monotonic() - t0 < limit_s, "no worker became ready"
+        time.sleep(0.05)
+
+
+def test_spare_worker_is_warm_and_takes_over_at_once():
+    with VerifierPool(1, timeout_s=1.0) as p:  # one worker + one spare
+        assert p.workers_ready() == 2  # start() waits until both are warm
+        assert MathScorer(style="boxed", pool=p).score([_boxed(HANGING["poly_power_4vars"])], ["1"]) == [0.0]
+        assert p.stats.timeouts == 1 and p.stats.restarts == 1
+        # The killed worker's successor is still importing sympy; the spare is warm and answers.
+        assert p.workers_ready() == 1
+        assert p.verify_many([("x+1", "1+x")]) == [True]
+        assert p.stats.starved == 0
+
+
+def test_deadline_counts_from_submission_not_from_a_ready_worker():
+    with VerifierPool(1, timeout_s=0.4, spares=0) as p:
+        assert p.verify_many([("1", HANGING["poly_power_5vars"])]) == [False]
+        assert p.stats.timeouts == 1  # killed; the only process is now a cold replacement
+        t0 = time.perf_counter()
+        got = p.verify_many([("x+1", "1+x")])
+        dt = time.perf_counter() - t0
+        # No warm worker within the call's 0.4 s: it scores 0 at its deadline instead of waiting
+        # for the restart (>= 1 s of imports; the old pool waited, then started the clock).
+        assert got == [False] and p.stats.starved == 1 and p.stats.timeouts == 1
+        assert dt < 1.0, f"{dt:.2f}s"
+        _wait_warm(p)
+        assert p.verify_many([("x+1", "1+x")]) == [True]  # the pool recovers
+
+
+def test_back_to_back_hanging_answers_each_end_at_the_limit():
+    # One worker: before the spare and the deadline from submission, every call after a kill
+    # waited for the replacement to import sympy (1-3 s) and then ran its full limit.
+    timeout = 0.5
+    with VerifierPool(1, timeout_s=timeout) as p:
+        p.verify_many([("1", "1")])
+        scorer = MathScorer(style="boxed", pool=p)
+        walls = []
+        for k in range(4):
+            t0 = time.perf_counter()
+            assert scorer.score([_boxed(HANGING[sorted(HANGING)[k % 2]])], ["1"]) == [0.0]
+            walls.append(time.perf_counter() - t0)
+        assert max(walls) < 1.2, [f"{w:.2f}" for w in walls]
+        assert p.stats.timeouts + p.stats.starved == 4
+        assert p.stats.restarts == p.stats.timeouts  # every killed worker was replaced
+        _wait_warm(p)
+        assert p.verify_many([("x+1", "1+x"), (r"\frac{1}{2}", "0.5")]) == [True, True]
+
+
 def test_hanging_inputs_are_killed_within_2s_and_workers_replaced():
     with VerifierPool(2, timeout_s=1.5) as p:
         assert p.verify_many([("1", "1"), ("2", "2")]) == [True, True]  # both workers started, warm
         for k, name in enumerate(sorted(HANGING), 1):
             t0 = time.perf_counter()
-            got = MathScorer(style="boxed", pool=p).score([HANGING[name]], ["1"])
+            got = MathScorer(style="boxed", pool=p).score([_boxed(HANGING[name])], ["1"])
             dt = time.perf_counter() - t0
             assert got == [0.0]
             assert dt < 2.0, f"{name}: {dt:.2f}s"
             assert p.stats.timeouts == k and p.stats.restarts == k  # killed and replaced
-        # The replacements verify normally (waiting for them to start is not counted as a timeout).
+        # The spare verifies at once (the replacements warm up in the background); no restart
+        # is charged to these calls.
         assert p.verify_many([("x+1", "1+x"), ("3", "4")]) == [True, False]
         assert p.stats.timeouts == 2
 
@@ -165,6 +311,7 @@ def test_crashed_worker_is_replaced():
     p = VerifierPool(1, timeout_s=5.0).start()
     try:
         p._workers[0].proc.kill()  # simulate a segfault / OOM kill between calls
+        p._workers[0].proc.wait()  # (dead before the next call starts)
         assert p.verify_many([("3", "3"), ("x+1", "1+x")]) == [True, True]
         assert p.stats.crashes >= 1
     finally:
@@ -176,5 +323,7 @@ def test_pool_bad_arguments():
         VerifierPool(0)
     with pytest.raises(ValueError, match="timeout_s"):
         VerifierPool(1, timeout_s=0)
+    with pytest.raises(ValueError, match="spares"):
+        VerifierPool(1, spares=-1)
     with pytest.raises(ValueError, match="preds"):
         verify_answers(["1"], [])

@@ -1,7 +1,7 @@
-"""Verifiers: answer extraction, math correctness (math-verify under hard time limits), format rewards.
+"""Verifiers: answer extraction, math correctness (pre-screened math-verify under hard time limits), format rewards.
 
-    from rlentropy.rewards import MathScorer, extract_answer, r1_format_reward
-    MathScorer(style="boxed").score(["... \\boxed{\\frac12}"], ["0.5"])   # -> [1.0]
+from rlentropy.rewards import MathScorer, extract_answer, r1_format_reward
+MathScorer(style="boxed").score(["... \\boxed{\\frac12}"], ["0.5"])   # -> [1.0]
 """
 
 from rlentropy.rewards.extract import (
@@ -15,10 +15,13 @@ from rlentropy.rewards.extract import (
 )
 from rlentropy.rewards.math import MathScorer, math_reward, r1_format_reward, verify_answers
 from rlentropy.rewards.pool import PoolStats, VerifierPool, default_pool
+from rlentropy.rewards.screen import DEFAULT_SCREEN, ScreenLimits, screen_answer
 
 __all__ = [
+    "DEFAULT_SCREEN",
     "MathScorer",
     "PoolStats",
+    "ScreenLimits",
     "VerifierPool",
     "as_plain_number",
     "default_pool",
@@ -30,5 +33,6 @@ __all__ = [
     "math_reward",
     "r1_format_ok",
     "r1_format_reward",
+    "screen_answer",
     "verify_answers",
 ]

@@ -57,6 +57,9 @@ _WARMUP = (
     ("\\text{(C)}", "C"),
     ("y = 2x + 1", "2x+1"),
     ("10^\\circ", "10"),
+    # Equal but differently written: reaches sympy's full `simplify`, whose first call imports
+    # sympy.physics.units (about 0.5 s) - not to be paid by the first real call after a restart.
+    ("(x+1)^2", "x^2+2x+1"),
 )
 
 

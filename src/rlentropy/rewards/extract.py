@@ -17,8 +17,8 @@ Styles (`extract_answer(text, style)`):
 
 from __future__ import annotations
 
-from fractions import Fraction
 import re
+from fractions import Fraction
 
 DEFAULT_MAX_ANSWER_CHARS = 1000
 STYLES = ("boxed", "gsm8k", "dapo", "r1", "auto")
@@ -167,9 +167,7 @@ _EXTRACTORS = {
 }
 
 
-def extract_answer(
-    text: str, style: str = "auto", *, max_chars: int = DEFAULT_MAX_ANSWER_CHARS
-) -> str | None:
+def extract_answer(text: str, style: str = "auto", *, max_chars: int = DEFAULT_MAX_ANSWER_CHARS) -> str | None:
     """The final answer written in `text`, by `style` (see the module docstring), or None.
 
     Args:
@@ -215,18 +213,6 @@ def r1_format_ok(completion: str, *, prefix: str = "<think>") -> bool:
 
 # Plain numbers: an optional sign, digits with optional thousands commas, an optional decimal part.
 _NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+")
-
-
-def brace_depth(text: str) -> int:
-    """Deepest `{...}` nesting in `text` (unbalanced closing braces are ignored)."""
-    depth = best = 0
-    for ch in text:
-        if ch == "{":
-            depth += 1
-            best = max(best, depth)
-        elif ch == "}" and depth:
-            depth -= 1
-    return best
 
 
 def as_plain_number(ans: str, *, max_chars: int = 40) -> Fraction | None:

@@ -11,20 +11,18 @@ without sympy: that is the common case for GSM8K / AIME / AMC / DAPO and costs m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from rlentropy.rewards.extract import (
     DEFAULT_MAX_ANSWER_CHARS,
     as_plain_number,
-    brace_depth,
     extract_answer,
     r1_format_ok,
 )
 from rlentropy.rewards.pool import VerifierPool, default_pool
 
 DEFAULT_TIMEOUT_S = 1.5
-DEFAULT_MAX_DEPTH = 12
 
 
 def verify_answers(
@@ -33,7 +31,6 @@ def verify_answers(
     *,
     pool: VerifierPool | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
-    max_depth: int = DEFAULT_MAX_DEPTH,
 ) -> list[bool]:
     """Is each extracted prediction equivalent to its gold answer?
 
@@ -42,15 +39,17 @@ def verify_answers(
         preds: extracted answers (None = nothing extracted → False).
         pool: the verifier pool (default: the shared `default_pool(timeout_s=...)`).
         timeout_s: hard limit per symbolic comparison when the shared pool is used.
-        max_depth: a prediction nested deeper than this many `{}` levels (a `\\frac` tower) is
-            wrong without being parsed; no real final answer comes close.
+
+    Predictions that are not plain numbers go to the pool, which pre-screens them
+    (`rlentropy.rewards.screen`: length, nesting, exponent towers, huge powers and factorials)
+    before math-verify sees them.
     """
     if len(golds) != len(preds):
         raise ValueError(f"preds: expected {len(golds)} predictions, got {len(preds)}")
     out = [False] * len(golds)
     slow: list[int] = []
     for i, (g, p) in enumerate(zip(golds, preds)):
-        if p is None or not p.strip() or brace_depth(p) > max_depth:
+        if p is None or not p.strip():
             continue
         gv, pv = as_plain_number(g), as_plain_number(p)
         if gv is not None and pv is not None:
@@ -77,8 +76,8 @@ class MathScorer:
         format_prefix: text of the format already written by the prompt (R1: "<think>").
         timeout_s: hard limit per symbolic comparison.
         max_answer_chars: longest extracted answer considered.
-        max_answer_depth: deepest `{}` nesting of an extracted answer considered.
-        pool: a specific `VerifierPool` (default: the shared one).
+        pool: a specific `VerifierPool` (default: the shared one); its `screen` sets the
+            pre-screen limits.
     """
 
     style: str = "auto"
@@ -86,7 +85,6 @@ class MathScorer:
     format_prefix: str = "<think>"
     timeout_s: float = DEFAULT_TIMEOUT_S
     max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS
-    max_answer_depth: int = DEFAULT_MAX_DEPTH
     pool: VerifierPool | None = None
 
     def extract(self, completion: str) -> str | None:
@@ -97,9 +95,7 @@ class MathScorer:
         if len(completions) != len(golds):
             raise ValueError(f"golds: expected {len(completions)} gold answers, got {len(golds)}")
         preds = [self.extract(c) for c in completions]
-        return verify_answers(
-            golds, preds, pool=self.pool, timeout_s=self.timeout_s, max_depth=self.max_answer_depth
-        )
+        return verify_answers(golds, preds, pool=self.pool, timeout_s=self.timeout_s)
 
     def score(self, completions: Sequence[str], golds: Sequence[str]) -> list[float]:
         """One reward in {0.0, 1.0} per completion."""

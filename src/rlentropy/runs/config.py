@@ -201,7 +201,8 @@ class AlgorithmConfig(_Section):
             spec.resolve(params, where=where)
             missing = [k for k in spec.required if k not in params]
             if missing:
-                raise ValueError(f"{where}: {spec.family} {spec.name!r} needs {', '.join(missing)} (no upstream default)")
+                needs = ", ".join(missing)
+                raise ValueError(f"{where}: {spec.family} {spec.name!r} needs {needs} (no upstream default)")
         configure_controls(
             self.controls(), self.control_params, stage=self.control_stage, where="algorithm.control_params"
         )
