@@ -287,3 +287,32 @@ def test_short_training_run_logs_metrics(tmp_path, control):
     assert any(not torch.equal(before[n], after[n].detach()) for n in before)
     train_logs = [lg for lg in logged if "rlentropy/entropy" in lg or f"rlentropy/{control}/frac_selected" in lg]
     assert train_logs, logged
+
+
+def test_pass_at_k_callback_logs_eval_metrics_through_trl(tmp_path):
+    from rlentropy.integrations.trl import PassAtKCallback, RewardTask
+
+    model, tok = make_random_tiny_policy(seed=2)
+    tr = _make(EntropyGRPOTrainer, EntropyGRPOConfig, model, tok, tmp_path)
+
+    def even_length(prompts, completions, answer, **kwargs):  # "correct" = an even-length completion
+        assert len(answer) == len(completions)  # the dataset's other columns reach the reward function
+        return [1.0 if len(c) % 2 == 0 else 0.0 for c in completions]
+
+    heldout = [{"prompt": "1+1=", "answer": "2"}, {"prompt": "2+2=", "answer": "4"}, {"prompt": "3*3=", "answer": "9"}]
+    cb = PassAtKCallback(RewardTask(heldout, even_length), every=1, n=4, at_start=True).attach(tr)
+    logged = []
+    import transformers
+
+    with mock.patch.object(transformers.Trainer, "log", lambda self, logs, start_time=None: logged.append(dict(logs))):
+        tr.train()
+    assert [h["step"] for h in cb.history] == [0, 1, 2]
+    for h in cb.history:
+        assert 0 <= h["pass@1"] <= h["pass@2"] <= h["pass@4"] <= 1 and h["avg@4"] == pytest.approx(h["pass@1"])
+        assert h["entropy"] > 0
+    with_eval = [lg for lg in logged if "rlentropy_eval/pass@4" in lg]
+    assert with_eval, logged
+    with pytest.raises(ConfigError, match="every must be >= 1"):
+        PassAtKCallback(RewardTask(heldout, even_length), every=0)
+    with pytest.raises(ConfigError, match="'prompt' column"):
+        RewardTask([{"question": "x"}], even_length)

@@ -58,18 +58,28 @@ from rlentropy.algorithms.dispatch import (
     control_names,
     run_controls,
 )
+from rlentropy.data.tasks import Example
 from rlentropy.errors import ConfigError
+from rlentropy.evaluate import evaluate_model
 from rlentropy.integrations.common import summary_metrics, summary_sums
 from rlentropy.tokenstats import STAT_FIELDS, TokenStats, token_stats_from_hidden
 
 try:
     import trl
+    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
     from trl.trainer.utils import maybe_gather_lm_head_ctx
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError("rlentropy.integrations.trl needs TRL: pip install 'rlentropy[trl]'") from err
 
-__all__ = ["EntropyGRPOConfig", "EntropyGRPOTrainer", "SUPPORTED_TRL", "TRL_AGGREGATION"]
+__all__ = [
+    "EntropyGRPOConfig",
+    "EntropyGRPOTrainer",
+    "PassAtKCallback",
+    "RewardTask",
+    "SUPPORTED_TRL",
+    "TRL_AGGREGATION",
+]
 
 SUPPORTED_TRL: tuple[str, ...] = ("1.16",)
 """TRL minor versions the adapter is tested against (it overrides TRL methods whose signatures move)."""
@@ -654,3 +664,139 @@ class EntropyGRPOTrainer(GRPOTrainer):
         if agg == "token-mean":  # bnpo: this call's tokens
             return aggregate_loss(per_token_loss, mask, agg) / accum
         return aggregate_loss(per_token_loss, mask, agg, global_seqs=rows, max_len=self.max_completion_length) / accum
+
+
+# ---------------------------------------------------------------------------------- evaluation during training
+class RewardTask:
+    """A held-out dataset plus a TRL-style reward function, as the `Task` our evaluator reads.
+
+    Args:
+        dataset: rows (a `datasets.Dataset` or a list of dicts) with a `prompt` column — a string, or a
+            conversation (list of {"role", "content"}) rendered with the tokenizer's chat template — and
+            any other columns the reward function reads.
+        reward_func: `fn(prompts, completions, **columns) -> list[float]`, as given to `GRPOTrainer`.
+        success_threshold: a completion counts as correct (for pass@k / avg@n) when its reward ≥ this.
+        stop_strings: generation stops at any of them (e.g. the end of an answer tag).
+        name: shown in logs.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        reward_func: Any,
+        *,
+        success_threshold: float = 1.0,
+        stop_strings: list[str] | None = None,
+        name: str = "reward_task",
+    ) -> None:
+        rows = [dict(r) for r in dataset]
+        if not rows or "prompt" not in rows[0]:
+            raise ConfigError("RewardTask: the dataset needs rows with a 'prompt' column")
+        self.name = name
+        self.stop_strings = list(stop_strings or [])
+        self.reward_func = reward_func
+        self.success_threshold = float(success_threshold)
+        self._examples = [
+            Example(id=str(i), question="", answer=str(r.get("answer", "")), meta=r) for i, r in enumerate(rows)
+        ]
+
+    def train_examples(self) -> list[Any]:
+        return []
+
+    def eval_examples(self) -> list[Any]:
+        return self._examples
+
+    def render_prompt(self, example: Any, tokenizer: Any) -> str:
+        prompt = example.meta["prompt"]
+        if isinstance(prompt, str):
+            return prompt
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+    def score(self, completions: list[str], examples: list[Any]) -> list[float]:
+        columns = {k: [ex.meta.get(k) for ex in examples] for k in examples[0].meta if k != "prompt"}
+        prompts = [ex.meta["prompt"] for ex in examples]
+        rewards = self.reward_func(prompts=prompts, completions=completions, **columns)
+        return [1.0 if (r is not None and float(r) >= self.success_threshold) else 0.0 for r in rewards]
+
+
+class PassAtKCallback(TrainerCallback):
+    """Evaluate the policy during TRL training: unbiased pass@k, avg@n, maj@k and the entropy of samples.
+
+    TRL's `GRPOTrainer` has no `compute_metrics` (trl#2959, #3729). Every `every` optimizer steps (and at
+    step 0 with `at_start`), the main process samples `n` completions for each prompt of `task` with
+    rlentropy's evaluator (the same one as `rlentropy eval`) and records the metrics as
+    `rlentropy_eval/<metric>` in the trainer's own metrics, so TRL logs them at its next logging step
+    to every `report_to` sink. Usage::
+
+        cb = PassAtKCallback(RewardTask(heldout, my_reward), every=50, n=8)
+        trainer = GRPOTrainer(..., callbacks=[cb])   # or EntropyGRPOTrainer
+        cb.attach(trainer)
+
+    Args:
+        task: a `rlentropy.data.Task` (e.g. `RewardTask`) whose `eval_examples()` are the prompts.
+        every: evaluate every this many optimizer steps (≥ 1).
+        n: samples per prompt. max_prompts: the first N prompts (None: all).
+        temperature, top_p, max_new_tokens: sampling (max_new_tokens None: the trainer's
+            `max_completion_length`). seed: the same sampling seed at every evaluation.
+    """
+
+    def __init__(
+        self,
+        task: Any,
+        *,
+        every: int = 50,
+        n: int = 8,
+        max_prompts: int | None = None,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int | None = None,
+        seed: int = 1234,
+        at_start: bool = False,
+    ) -> None:
+        if every < 1:
+            raise ConfigError(f"PassAtKCallback: every must be >= 1, got {every}")
+        self.task, self.every, self.n, self.max_prompts = task, int(every), int(n), max_prompts
+        self.temperature, self.top_p, self.max_new_tokens, self.seed = temperature, top_p, max_new_tokens, seed
+        self.at_start = at_start
+        self.trainer: Any = None
+        self.history: list[dict[str, float]] = []
+
+    def attach(self, trainer: Any) -> PassAtKCallback:
+        """Bind to `trainer` (needed for its model, tokenizer and metrics); adds itself if missing."""
+        self.trainer = trainer
+        if self not in trainer.callback_handler.callbacks:
+            trainer.add_callback(self)
+        return self
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Run the evaluation now (main process); returns and records the metrics."""
+        tr = self.trainer
+        if tr is None:
+            raise ConfigError("PassAtKCallback: call attach(trainer) before training")
+        model = tr.accelerator.unwrap_model(tr.model)
+        metrics, _ = evaluate_model(
+            model,
+            tr.processing_class,
+            self.task,
+            n=self.n,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens or tr.max_completion_length,
+            max_prompts=self.max_prompts,
+            seed=self.seed,
+        )
+        out = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for key, value in out.items():
+            tr._metrics["train"][f"rlentropy_eval/{key}"].append(value)
+        self.history.append({"step": step, **out})
+        return out
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.at_start and self.trainer is not None and state.is_world_process_zero:
+            self.evaluate(0)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.trainer is None or not state.is_world_process_zero or state.global_step % self.every:
+            return
+        self.evaluate(state.global_step)
+        control.should_log = True
