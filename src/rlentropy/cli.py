@@ -41,7 +41,9 @@ def train(
 @app.command()
 def demo(
     seeds: int = typer.Option(1, "--seeds", help="Number of seeds per method (1 for `make demo`)."),
-    study: str = typer.Option("controls", "--study", help="controls | quadrants"),
+    study: str = typer.Option(
+        "controls", "--study", help="controls (the demo) | long (the long study, 3 seeds) | quadrants"
+    ),
     out: Path | None = typer.Option(None, "--out", help="Output directory (default runs/demo or runs/quadrants)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:

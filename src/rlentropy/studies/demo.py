@@ -40,6 +40,7 @@ from rlentropy.models.loading import load_policy
 from rlentropy.report.html import write_report
 from rlentropy.runs.config import dump_config, load_config, parse_override
 from rlentropy.studies.quadrants import run_quadrant_study
+from rlentropy.studies.study import run_study
 from rlentropy.train.run import run_training
 
 DEMO_CONFIG = "demo_countdown.yaml"
@@ -525,12 +526,27 @@ def run_demo(
     return path
 
 
+STUDIES = ("controls", "long", "quadrants")
+LONG_CONFIG = "study_long_countdown.yaml"
+
+
 def demo_command(seeds: int, study: str, out: Path | None, quiet: bool) -> Path:
-    """CLI entry of `rlentropy demo`."""
+    """CLI entry of `rlentropy demo`.
+
+    `--study controls` (default): the demo; with `--seeds N > 1` it runs as a study (`rlentropy study`
+    on the demo config) and reports means with 95 % intervals over seeds. `--study long`: the long study
+    (configs/study_long_countdown.yaml, a real collapse and every control, 3 seeds). `--study quadrants`:
+    the Theorem 3.2 check.
+    """
     if seeds < 1:
         raise ConfigError(f"--seeds: must be >= 1, got {seeds}")
+    if study not in STUDIES:
+        raise ConfigError(f"--study: unknown study {study!r}; allowed: {', '.join(STUDIES)}")
     if study == "quadrants":
         return run_quadrant_study(out or Path("runs/quadrants"), seeds, quiet)
-    if study != "controls":
-        raise ConfigError(f"--study: unknown study {study!r}; allowed: controls, quadrants")
+    if study == "long":
+        cfg = demo_config_path().with_name(LONG_CONFIG)
+        return run_study(cfg, out or Path("runs/study-long"), seeds=seeds if seeds > 1 else None, quiet=quiet)
+    if seeds > 1:
+        return run_study(demo_config_path(), out or Path("runs/demo-seeds"), seeds=seeds, quiet=quiet)
     return run_demo(out or Path("runs/demo"), seeds=seeds, quiet=quiet)
