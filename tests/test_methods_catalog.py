@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rlentropy.algorithms.catalog import FAMILIES, markdown_table, rows
+from rlentropy.algorithms.catalog import FAMILIES, markdown_notes, markdown_table, rows
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "algorithms.md"
 
@@ -24,6 +24,8 @@ def test_docs_table_is_current():
     m = re.search(r"<!-- methods-table:start -->\n(.*?)<!-- methods-table:end -->", text, re.S)
     assert m, "docs/algorithms.md lost its methods-table markers"
     assert m.group(1) == markdown_table(), "docs/algorithms.md is stale: paste `rlentropy methods --markdown`"
+    notes = re.search(r"<!-- methods-notes:start -->\n(.*?)<!-- methods-notes:end -->", text, re.S)
+    assert notes and notes.group(1) == markdown_notes(), "docs/algorithms.md notes are stale (catalog.markdown_notes)"
 
 
 def test_cli_prints_the_table_and_rejects_a_bad_family():

@@ -104,3 +104,17 @@ def markdown_table(family: str | None = None) -> str:
         values = (f"`{r.name}`", r.family, r.changes, r.stage, r.reads, r.defaults, r.also_in, r.paper)
         lines.append("| " + " | ".join(cell(v) for v in values) + " |")
     return "\n".join(lines) + "\n"
+
+
+def markdown_notes(family: str | None = None) -> str:
+    """Per method with notes: where we chose a detail a paper leaves open, the evidence behind a formula
+    or default, and where we differ from upstream (what docs/algorithms.md embeds under the table)."""
+    lines = []
+    for fam, reg in FAMILIES.items():
+        if family is not None and fam != family:
+            continue
+        for spec in reg.specs():
+            if spec.notes:
+                summary = f" — {spec.summary}" if spec.summary else ""
+                lines.append(f"- **`{spec.name}`** ({fam}){summary}. {spec.notes}")
+    return "\n".join(lines) + "\n"
