@@ -205,7 +205,7 @@ _GTPO_NOTES = (
     "gtpo",
     inputs=("rewards", "group_ids", "entropy", "mask"),
     paper="GTPO and GRPO-S (Tan et al.), arXiv 2508.04349",
-    summary="entropy-weighted token rewards (H share in O+, 1/H share in O−), normalised per group (joint; per class as an option)",
+    summary="entropy-weighted token rewards (H share in O+, 1/H share in O−), normalised per group",
     notes=_GTPO_NOTES,
 )
 def gtpo(
@@ -285,7 +285,7 @@ def gtpo(
     "grpo_s",
     inputs=("rewards", "group_ids", "entropy", "mask"),
     paper="GTPO and GRPO-S (Tan et al.), arXiv 2508.04349",
-    summary="GTPO's weighting at the sequence level (mean entropy per response), normalised per group (joint; per class as an option)",
+    summary="GTPO's weighting at the sequence level (mean entropy per response), normalised per group",
     notes=_GTPO_NOTES.replace("Evidence [3P]", "Evidence [3P] for GTPO; the sequence form is [ABS], by analogy")
     + " Responses with no valid token get advantage 0.",
 )
