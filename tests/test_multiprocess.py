@@ -118,11 +118,13 @@ def _trainer_class():
 
 
 def train(cfg_dict: dict) -> None:
-    """Run the whole training (what each launched process does)."""
+    """Run the whole training (what each launched process does); `"resume": true` resumes the run."""
     from rlentropy.runs.config import config_from_dict
 
+    cfg_dict = dict(cfg_dict)
+    resume = bool(cfg_dict.pop("resume", False))
     register_task()
-    trainer = _trainer_class()(config_from_dict(cfg_dict), quiet=True)
+    trainer = _trainer_class()(config_from_dict(cfg_dict), quiet=True, resume=resume)
     try:
         trainer.setup()
         trainer.train()
@@ -136,7 +138,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _config(model_dir: Path, run_dir: Path) -> dict:
+def _config(model_dir: Path, run_dir: Path, distributed: str = "ddp") -> dict:
     # 4 prompts × 4 samples; 2 mini-batches (groups split by index mod 2) of micro-batches of 2 rows;
     # Clip_B with a low threshold so that it removes tokens on the gathered batch; grad-norm clipping.
     return {
@@ -156,6 +158,7 @@ def _config(model_dir: Path, run_dir: Path) -> dict:
             "grad_clip": 1.0,
             "seed": 0,
             "device": "cpu",
+            "distributed": distributed,
         },
         "checkpoint": {"every": 0, "keep_last": 1},
         "logging": {"tensorboard": False},
@@ -212,11 +215,13 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_two_processes_match_one_process(tiny_model_dir, tmp_path, distributed):
     one, two = tmp_path / "one", tmp_path / "two"
-    # One process runs here (no launcher variables: accelerate sees a single process); two are launched.
+    # One process runs here (no launcher variables: accelerate sees a single process); two are launched,
+    # with DDP (whole model on each, gradients summed) or FSDP2 (parameters, gradients, optimizer sharded).
     train(_config(tiny_model_dir, one))
-    _launch(_config(tiny_model_dir, two), world=WORLD)
+    _launch(_config(tiny_model_dir, two, distributed), world=WORLD)
     m1, m2 = _metrics(one), _metrics(two)
     assert [r["step"] for r in m1] == [r["step"] for r in m2] == [1, 2]
 
@@ -250,3 +255,27 @@ def test_two_processes_match_one_process(tiny_model_dir, tmp_path):
     assert moved > 1e-3
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_fsdp_resume_continues_exactly(tiny_model_dir, tmp_path):
+    """Two FSDP processes: 3 steps straight equal 2 steps, a checkpoint, and a resumed third step (the
+    sharded optimizer state is saved whole and re-sharded on resume)."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    cfg = _config(tiny_model_dir, straight, "fsdp")
+    cfg["train"]["steps"] = 3
+    _launch(cfg, world=WORLD)
+    cfg = _config(tiny_model_dir, split, "fsdp")
+    cfg["checkpoint"] = {"every": 1, "keep_last": 1}
+    _launch(cfg, world=WORLD)
+    _launch({**cfg, "train": {**cfg["train"], "steps": 3}, "resume": True}, world=WORLD)
+    a = _metrics(straight)
+    b = _metrics(split)
+    assert [r["step"] for r in b] == [1, 2, 3]
+    for key in ("loss/total", "optim/grad_norm", "entropy/mean"):
+        assert b[2][key] == pytest.approx(a[2][key], rel=1e-6), key
+    w_a = _weights(straight / "checkpoints" / "step_3")
+    w_b = _weights(split / "checkpoints" / "step_3")
+    assert w_a.keys() == w_b.keys()
+    for name in w_a:
+        torch.testing.assert_close(w_b[name], w_a[name], rtol=1e-6, atol=1e-7, msg=name)

@@ -98,6 +98,7 @@ def save_checkpoint(
     tokenizer: Any,
     state: dict[str, Any],
     keep_last: int,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write `checkpoints/step_<step>` atomically and prune to the newest `keep_last`.
 
@@ -109,6 +110,8 @@ def save_checkpoint(
         tokenizer: saved next to it.
         state: everything else (optimizer, scheduler, controllers, cursor, ...), saved with torch.save.
         keep_last: complete checkpoints to keep.
+        weights: the model's full state dict when the live parameters are sharded (FSDP); None: read
+            them from `model`.
 
     Returns:
         The final checkpoint directory.
@@ -121,11 +124,19 @@ def save_checkpoint(
     final = root / f"step_{step}"
     tmp.mkdir()
     try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        extra = {} if weights is None else {"state_dict": weights}
+        model.save_pretrained(str(tmp), safe_serialization=True, **extra)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         torch.save({**state, "step": step, "rng": rng_state()}, tmp / STATE_FILE)
-        readable = {"step": step, **{k: v for k, v in state.items() if isinstance(v, (int, float, str, list, dict)) and k in ("cursor", "consecutive_nonfinite")}}
+        readable = {
+            "step": step,
+            **{
+                k: v
+                for k, v in state.items()
+                if isinstance(v, (int, float, str, list, dict)) and k in ("cursor", "consecutive_nonfinite")
+            },
+        }
         (tmp / "trainer_state.json").write_text(json.dumps(readable, indent=1, default=str))
         _fsync_tree(tmp)
         if final.exists():

@@ -261,6 +261,10 @@ class TrainConfig(_Section):
             the first mini-batch take them from their own update forward (detached; the weights have
             not moved yet) and the separate no-grad forward runs on the other rows only (on none with
             one mini-batch); the loss and every metric are the same. false = always the separate forward.
+        distributed: with several processes (`accelerate launch`), "ddp" (every process holds the whole
+            model; gradients summed during backward) or "fsdp" (PyTorch FSDP2: parameters, gradients and
+            optimizer states sharded per decoder layer; generation, statistics, evaluation and checkpoints
+            gather whole parameters; no probes). One process ignores it.
     """
 
     steps: int = Field(default=100, ge=1)
@@ -275,6 +279,7 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_nonfinite: int = Field(default=3, ge=1)
     fuse_old_stats: bool = True
+    distributed: Literal["ddp", "fsdp"] = "ddp"
 
 
 class CheckpointConfig(_Section):
@@ -372,6 +377,12 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
+        if self.train.distributed == "fsdp" and self.probes.every:
+            raise ValueError(
+                "probes.every: the probes need whole parameters on every process; use train.distributed=ddp"
+            )
+        if self.train.distributed == "fsdp" and self.model.load_in_4bit:
+            raise ValueError("model.load_in_4bit: 4-bit base weights cannot be sharded; use train.distributed=ddp")
         if self.train.mini_batches > self.train.prompts_per_step:
             raise ValueError(
                 "train.mini_batches: must be <= train.prompts_per_step (groups are split across mini-batches)"

@@ -32,6 +32,12 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 from rlentropy.algorithms import aggregation_weights
 from rlentropy.algorithms.dispatch import logged_metrics
@@ -47,7 +53,7 @@ from rlentropy.runs import checkpoints as ckpt_io
 from rlentropy.runs.config import RunConfig, dump_config
 from rlentropy.tokenstats import TokenStats
 from rlentropy.train.batch import StepBatch
-from rlentropy.train.dist import Dist, sum_gradients_hook
+from rlentropy.train.dist import Dist, full_parameters, no_gradient_sync, shard_fsdp, sum_gradients_hook
 from rlentropy.train.methods import MethodSet
 from rlentropy.train.metrics import batch_metrics, removal_metrics, to_floats
 from rlentropy.train.old_stats import OldStats
@@ -59,6 +65,9 @@ from rlentropy.train.update import Updater, UpdateSettings
 __all__ = ["DataCursor", "StepHook", "Trainer", "derive_seed", "make_lr_lambda"]
 
 StepHook = Callable[["Trainer", int, dict[str, Any]], None]
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered whole on the main process
+_FULL_IN = StateDictOptions(full_state_dict=True)  # every process loads the whole state and keeps its shard
 
 
 class Trainer:
@@ -172,12 +181,16 @@ class Trainer:
             if self.ref_model is not None:
                 self.ref_model.to(self.device)
         self.autocast_on = self.device.type == "cuda" and cfg.model.bf16_autocast
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        if not self.params:
+        if not any(p.requires_grad for p in self.model.parameters()):
             raise ConfigError("model: no trainable parameters")
-        self.forward = self.acc.prepare(PolicyForward(self.model))  # DDP when several processes
-        if self.world > 1 and hasattr(self.forward, "register_comm_hook"):
-            self.forward.register_comm_hook(state=None, hook=sum_gradients_hook)
+        self.fsdp = cfg.train.distributed == "fsdp" and self.world > 1
+        if self.fsdp:  # parameters, gradients and optimizer states sharded (FSDP2)
+            self.forward = shard_fsdp(PolicyForward(self.model), self.model)
+        else:  # DDP when several processes, summing gradients
+            self.forward = self.acc.prepare(PolicyForward(self.model))
+            if self.world > 1 and hasattr(self.forward, "register_comm_hook"):
+                self.forward.register_comm_hook(state=None, hook=sum_gradients_hook)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]  # after sharding
         trainable, total = num_parameters(self.model)
         self.info = {"model_source": loaded.source, "trainable_params": trainable, "total_params": total}
 
@@ -231,14 +244,20 @@ class Trainer:
             settings=settings,
             probe=self.probe,
             autocast=self._autocast,
-            no_sync=self.acc.no_sync,
+            no_sync=no_gradient_sync,
             seed_of=derive_seed,
             last_checkpoint=self._last_good_checkpoint,
         )
 
     def _restore(self, ckpt_path: Path) -> None:
         state = ckpt_io.load_state(ckpt_path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        saved = state.get("distributed", "ddp")
+        if saved != ("fsdp" if self.fsdp else "ddp"):
+            raise ConfigError(f"--resume: {ckpt_path} was written with train.distributed={saved}; resume it with that")
+        if self.fsdp:
+            set_optimizer_state_dict(self.model, self.optimizer, optim_state_dict=state["optimizer"], options=_FULL_IN)
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.methods.load_state_dict(state)
         self.cursor = DataCursor(**state["cursor"])
@@ -268,7 +287,7 @@ class Trainer:
 
     def _old_stats(self, batch: RolloutBatch) -> TokenStats:
         """No-grad statistics of `batch` under the current weights (the old policy before the update)."""
-        with self._eval_mode(), self._autocast():
+        with self._eval_mode(), self._autocast(), full_parameters(self.forward):
             return policy_token_stats_chunked(
                 self.model, batch, rows_per_chunk=self._stats_rows(), temperature=self.cfg.rollout.temperature
             )
@@ -307,7 +326,7 @@ class Trainer:
     # ------------------------------------------------------------------ the stages of a step
     def _sample(self, examples: list, seed: int, n: int) -> RolloutBatch:
         prompts = [self.task.render_prompt(ex, self.tokenizer) for ex in examples]
-        with self._eval_mode(), self._autocast():
+        with self._eval_mode(), self._autocast(), full_parameters(self.forward):
             return self.generator.generate(prompts, examples, n, seed=seed)
 
     def rollout(self, step: int) -> RolloutBatch:
@@ -442,7 +461,7 @@ class Trainer:
         adapters_off = (
             self.model.disable_adapter() if self.ref_model is None else nullcontext()
         )  # LoRA: base = policy without adapters
-        with self._eval_mode(ref), adapters_off, self._autocast():
+        with self._eval_mode(ref), adapters_off, self._autocast(), full_parameters(self.forward):
             st = policy_token_stats_chunked(
                 ref, batch, rows_per_chunk=self._stats_rows(), temperature=self.cfg.rollout.temperature
             )
@@ -552,8 +571,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
+        """Everything but the weights; collective under FSDP (the optimizer state is gathered whole)."""
+        if self.fsdp:
+            opt = get_optimizer_state_dict(self.model, self.optimizer, options=_FULL)
+        else:
+            opt = self.optimizer.state_dict()
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": opt,
+            "distributed": "fsdp" if self.fsdp else "ddp",
             "scheduler": self.scheduler.state_dict(),
             **self.methods.state_dict(),
             "cursor": {"epoch": self.cursor.epoch, "pos": self.cursor.pos},
@@ -561,17 +586,28 @@ class Trainer:
             "elapsed": self.elapsed,
         }
 
+    def _full_weights(self) -> dict[str, torch.Tensor]:
+        """The whole state dict of a sharded model (collective), without the aliases of tied weights
+        (`save_pretrained` writes a tied head once, as it does for an unsharded model)."""
+        full = get_model_state_dict(self.model, options=_FULL)
+        unique = {n for n, _ in self.model.named_parameters()}
+        aliases = {n for n, _ in self.model.named_parameters(remove_duplicate=False)} - unique
+        return {k: v for k, v in full.items() if k not in aliases}
+
     def save_checkpoint(self) -> Path | None:
         """Write checkpoints/step_<step> atomically (main process) and prune old ones."""
         path = None
+        state = self.state_dict()  # collective under FSDP: every process takes part
+        weights = self._full_weights() if self.fsdp else None
         if self.is_main:
             path = ckpt_io.save_checkpoint(
                 self.run_dir,
                 self.step,
                 model=self.model,
                 tokenizer=self.tokenizer,
-                state=self.state_dict(),
+                state=state,
                 keep_last=self.cfg.checkpoint.keep_last,
+                weights=weights,
             )
         self.dist.barrier()
         return path
@@ -587,7 +623,7 @@ class Trainer:
         if self._eval_task is None:
             self._eval_task = build_task(self.cfg.data, for_eval=True)
         settings = eval_settings(self.cfg, self._eval_task, seed=derive_seed(self.cfg.train.seed, "eval") % (2**31))
-        with self._eval_mode():
+        with self._eval_mode(), full_parameters(self.forward):
             metrics, samples = evaluate_model(
                 self.model,
                 self.tokenizer,

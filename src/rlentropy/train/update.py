@@ -23,7 +23,7 @@ from rlentropy.algorithms.dispatch import logged_metrics
 from rlentropy.errors import TrainingError
 from rlentropy.tokenstats import TokenStats
 from rlentropy.train.batch import StepBatch
-from rlentropy.train.dist import Dist
+from rlentropy.train.dist import Dist, full_value
 from rlentropy.train.kl import kl_estimate
 from rlentropy.train.methods import MethodSet
 
@@ -153,7 +153,7 @@ class Updater:
             bad = bad | ~torch.isfinite(total.detach().cpu())
             loss_sum = loss_sum + total.detach().double().cpu()
         clip = self.s.grad_clip if self.s.grad_clip is not None else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        norm = full_value(torch.nn.utils.clip_grad_norm_(self.params, clip))  # a DTensor under FSDP
         nonfinite = bool(self.dist.all_sum(bad.double()).item() > 0) or not bool(torch.isfinite(norm))
         if nonfinite:
             self._give_up_or_skip(sb.step)
