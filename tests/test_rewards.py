@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from dataclasses import replace
 from fractions import Fraction
@@ -398,6 +399,27 @@ def test_pool_survives_the_zygote_dying(storm_pool):
     assert p._workers[-1].forked
     assert p.verify_many(CORRECT) == [True] * len(CORRECT)
     assert p.stats.zygote_restarts - s0.zygote_restarts == 1 and p.stats.starved == s0.starved
+
+
+def test_call_waits_within_its_grace_for_an_imminent_forked_successor():
+    # The zygote stalls (SIGSTOP) as the only worker is killed, so the successor comes after the
+    # next call's deadline (0.3 s) but within its grace: that call waits and runs (without the
+    # grace it would score 0, starved).
+    with VerifierPool(1, timeout_s=0.3, spares=0, grace_s=1.0) as p:
+        zpid = p._zygote.proc.pid
+        os.kill(zpid, signal.SIGSTOP)
+        timer = threading.Timer(0.5, os.kill, (zpid, signal.SIGCONT))
+        try:
+            assert p.verify_many([("1", HANGING["poly_power_4vars"])]) == [False]  # fork request queued
+            timer.start()
+            t0 = time.perf_counter()
+            got = p.verify_many([("x+1", "1+x")])
+            dt = time.perf_counter() - t0
+        finally:
+            timer.cancel()
+            os.kill(zpid, signal.SIGCONT)
+        assert got == [True] and p.stats.starved == 0, p.stats
+        assert 0.4 < dt < 1.5, f"{dt:.2f}s"  # served once the zygote resumed, before 0.3 + 1.0 s
 
 
 def test_pool_bad_arguments():
