@@ -1,8 +1,9 @@
 """Verifier storms: 200 adversarial answers through a `VerifierPool`, in one batch and back to back (not a test).
 
-    .venv/bin/python benchmarks/bench_verifier.py                   # pre-screen on vs off, batch + calls
+    .venv/bin/python benchmarks/bench_verifier.py                   # forked vs plain workers, batch + calls
     .venv/bin/python benchmarks/bench_verifier.py --configs screen  # only the shipped settings
-    # The same batch on another version of the code (e.g. before the pre-screen and the spares):
+    .venv/bin/python benchmarks/bench_verifier.py --configs screen noscreen  # pre-screen on vs off
+    # The same batch on another version of the code (e.g. before the zygote):
     git archive <commit> src | tar -x -C /tmp/old && .venv/bin/python benchmarks/bench_verifier.py --src /tmp/old/src
 
 The batch (fixed seed) mixes exponent towers, huge powers, deep nesting, huge factorials /
@@ -10,14 +11,20 @@ binomials / literals, 1 MB strings, sympy bombs (`\\frac{1}{0}^{...}`, `0^{-1}`,
 and 10 answers that pass the pre-screen but that sympy cannot compare with the gold "1" within any
 sensible limit (`(x+y+z+w)^{40}`: over 20 s), so the kill path is exercised.
 
-Configs: `screen` is the shipped pool (pre-screen on, warm spares: one per worker unless `--spares`);
-`noscreen` is the same pool with `screen=None` (the baseline measured in the same run). With `--src` the pool is
-built with only the arguments every version has (`num_workers`, `timeout_s`): label `src`.
+Configs: `screen` is the shipped pool (pre-screen on, warm spares: one per worker unless `--spares`,
+workers forked from the zygote); `plain` is the same pool with `zygote=False` (plain worker
+subprocesses, as before the zygote); `noscreen` is the shipped pool with `screen=None`. With `--src`
+the pool is built with only the arguments every version has (`num_workers`, `timeout_s`): label `src`.
 
 Modes: `batch` sends the 200 pairs in one `verify_many` call; `calls` sends them one at a time, back
 to back, and reports the slowest call. Each (config, mode) starts from a fresh, warm pool. After the
-storm, 8 correct (gold, prediction) pairs are verified at once ("right after"); if any scores 0 the
-run waits until a worker is warm and verifies them again ("once warm", with the wait).
+storm, 8 correct (gold, prediction) pairs are verified at once ("right after": k/8 must be 8/8);
+if any scores 0 the run waits until a worker is warm and verifies them again ("once warm", with the
+wait).
+
+Restart latency (per config, `--kills` times, 0 to skip): a pool of 1 worker and no spare verifies
+an answer that hangs sympy with a 0.3 s limit; the worker is killed and replaced, and the time from
+the end of that call until `workers_ready()` reports the successor warm is one restart.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import argparse
 import inspect
 import platform
 import random
+import statistics
 import sys
 import time
 
@@ -168,14 +176,38 @@ def _stats(pool) -> dict[str, int]:
 
 
 def _make_pool(VerifierPool, config: str, workers: int, timeout_s: float, spares: int | None):
+    params = inspect.signature(VerifierPool).parameters
     if config == "src":
-        return VerifierPool(workers, timeout_s=timeout_s)
-    if "screen" not in inspect.signature(VerifierPool).parameters:
-        raise SystemExit("this version of VerifierPool has no pre-screen: run it with --src")
+        return VerifierPool(workers, timeout_s=timeout_s, **({"spares": spares} if spares == 0 else {}))
+    if "screen" not in params or "zygote" not in params:
+        raise SystemExit("this version of VerifierPool has no pre-screen or zygote: run it with --src")
     kw = {} if spares is None else {"spares": spares}  # None: the shipped default
     if config == "noscreen":
         kw["screen"] = None
+    if config == "plain":
+        kw["zygote"] = False
     return VerifierPool(workers, timeout_s=timeout_s, **kw)
+
+
+def restart_latency(VerifierPool, config: str, kills: int) -> list[float]:
+    """Seconds from each kill of the only worker (no spare) until its successor is warm."""
+    if "spares" not in inspect.signature(VerifierPool).parameters:
+        raise SystemExit("this version of VerifierPool has no spares: run it with --kills 0")
+    pool = _make_pool(VerifierPool, config, 1, 0.3, 0)
+    lat: list[float] = []
+    try:
+        pool.start()
+        pool.verify_many([("1", "1")])
+        for k in range(kills):
+            slow = ["(x+y+z+w)^{40}", "(a+b+c+d+e)^{20}-1"][k % 2]
+            pool.verify_many([("1", slow)])  # killed at 0.3 s; its successor starts at once
+            t0 = time.perf_counter()
+            while pool.workers_ready() < 1 and time.perf_counter() - t0 < 120:
+                time.sleep(0.002)
+            lat.append(time.perf_counter() - t0)
+    finally:
+        pool.close()
+    return lat
 
 
 def run(VerifierPool, config: str, mode: str, items, workers: int, timeout_s: float, spares: int | None) -> dict:
@@ -208,7 +240,9 @@ def run(VerifierPool, config: str, mode: str, items, workers: int, timeout_s: fl
             warm_wait = time.perf_counter() - t1
             ok_warm = sum(pool.verify_many(CORRECT))
         d = {k: after[k] - before[k] for k in after}
+        storm_restart = list(getattr(pool.stats, "last_restart_s", []))  # this version: during the storm
         return dict(
+            storm_restart=storm_restart,
             config=config,
             mode=mode,
             n=len(pairs),
@@ -227,12 +261,13 @@ def run(VerifierPool, config: str, mode: str, items, workers: int, timeout_s: fl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", nargs="+", default=["screen", "noscreen"], choices=["screen", "noscreen", "src"])
+    ap.add_argument("--configs", nargs="+", default=["screen", "plain"], choices=["screen", "plain", "noscreen", "src"])
     ap.add_argument("--modes", nargs="+", default=["batch", "calls"], choices=["batch", "calls"])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=1.5)
     ap.add_argument("--spares", type=int, default=None, help="warm spares (default: the pool's default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kills", type=int, default=8, help="restart-latency probe: kills per config (0: skip)")
     ap.add_argument("--src", help="import rlentropy from this src/ folder (implies --configs src)")
     args = ap.parse_args()
     if args.src:
@@ -259,7 +294,11 @@ def main() -> None:
             passed = sum(screen_answer(a) is None for a in answers)
             print(f"#   {cat:22s} {len(answers):3d} answers, {passed:3d} pass the pre-screen")
     rows = []
+    latency: dict[str, list[float]] = {}
     for config in args.configs:
+        if args.kills > 0:
+            latency[config] = restart_latency(VerifierPool, config, args.kills)
+            print(f"# done {config}/restart latency: median {statistics.median(latency[config]):.3f} s", flush=True)
         for mode in args.modes:
             r = run(VerifierPool, config, mode, items, args.workers, args.timeout, args.spares)
             rows.append(r)
@@ -277,14 +316,32 @@ def main() -> None:
             f"| {r['restarts']} | {r['wall']:.1f} | {mc} | {r['true']} | {r['ok_now']}/{len(CORRECT)} "
             f"({r['now_wall']:.2f}) | {r['ok_warm']}/{len(CORRECT)} ({r['warm_wait']:.1f}) |"
         )
+    print()
+    for r in rows:
+        line = f"- {r['config']}/{r['mode']}: correct answers right after the storm {r['ok_now']}/{len(CORRECT)}"
+        if r["max_call"] is not None:
+            line += f"; slowest call {r['max_call']:.2f} s"
+        if r["storm_restart"]:
+            sr = r["storm_restart"]
+            line += (
+                f"; replacements ready after median {statistics.median(sr) * 1e3:.1f} ms, "
+                f"max {max(sr) * 1e3:.1f} ms (last {len(sr)} of the storm)"
+            )
+        print(line)
+    for config, lat in latency.items():
+        print(
+            f"- {config}: restart latency (kill -> successor warm, {len(lat)} kills): "
+            f"median {statistics.median(lat):.3f} s, max {max(lat):.3f} s"
+        )
     by = {(r["config"], r["mode"]): r for r in rows}
-    for mode in args.modes:
-        if ("screen", mode) in by and ("noscreen", mode) in by:
-            a, b = by[("screen", mode)], by[("noscreen", mode)]
-            line = f"- {mode}: wall noscreen / screen = {b['wall'] / a['wall']:.1f}×"
-            if mode == "calls":
-                line += f"; slowest call {a['max_call']:.2f} s (screen) vs {b['max_call']:.2f} s (noscreen)"
-            print(line)
+    for base in ("plain", "noscreen"):
+        for mode in args.modes:
+            if ("screen", mode) in by and (base, mode) in by:
+                a, b = by[("screen", mode)], by[(base, mode)]
+                line = f"- {mode}: wall {base} / screen = {b['wall'] / a['wall']:.1f}×"
+                if mode == "calls":
+                    line += f"; slowest call {a['max_call']:.2f} s (screen) vs {b['max_call']:.2f} s ({base})"
+                print(line)
 
 
 if __name__ == "__main__":

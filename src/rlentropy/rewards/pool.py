@@ -10,25 +10,41 @@ dies (segfault, out of memory) is replaced the same way.
     pool.verify_many([("1/2", "0.5"), ("3", "4")])   # -> [True, False]
     pool.close()
 
-Workers are plain subprocesses (`python -m rlentropy.rewards._worker`, JSON lines over pipes): no
-fork of a process holding torch threads, and no re-import of the caller's `__main__`. Each imports
-math-verify once, warms sympy up and announces itself ready.
+**Workers are forked from a zygote.** Importing math-verify and warming sympy up takes 1-2.3 s (more
+under load); a worker killed in a storm of pathological answers must not leave the pool without a
+warm worker for that long. So the pool starts one fork server, the zygote (`python -m
+rlentropy.rewards._worker ROUNDING --zygote FD`, a plain subprocess: no fork of the caller, which
+may hold torch threads, and no re-import of its `__main__`). It imports math-verify and runs the
+warm-up once, then forks a ready worker in milliseconds whenever the pool asks: the pool creates
+the worker's two pipes and passes one end of each over a Unix socket (SCM_RIGHTS); the child serves
+JSON lines on them and announces itself with its pid. The pool kills a worker by pid (through a
+pidfd on Linux, so that a recycled pid is never hit), sees a dead one as end of file on its pipe,
+and the zygote's children are reaped by the kernel. The zygote imports only math-verify and sympy
+and runs no thread, so forking it is safe. If it dies (or hangs, or a fork fails) the pool restarts
+it and meanwhile starts plain workers (`python -m rlentropy.rewards._worker`, JSON lines over
+stdin / stdout, each warming up on its own); after 3 failures in a row, or where there is no
+`os.fork`, or with `zygote=False`, plain workers only.
 
-Storms of pathological answers are bounded three ways:
+Storms of pathological answers are bounded four ways:
 
 * **Pre-screen** (`rlentropy.rewards.screen`): a prediction that cannot be a final answer (too
   long, too deeply nested, an exponent tower, a factorial or power with more than 100,000 digits)
   scores 0 in the calling process; no worker sees it.
 * **Deadline from submission**: a call's limit starts when it takes one of the `num_workers` slots
   (at once for a single call; for a batch, when an earlier call of the batch frees a slot), not
-  when a worker is ready for it. Waiting for a warm worker counts against the call: a call that
-  finds none within its limit scores 0 (`PoolStats.starved`) instead of waiting for a restart.
+  when a worker is ready for it. Waiting for a warm worker counts against the call.
 * **Warm spares**: the pool runs `num_workers + spares` processes (default: one spare per worker)
   and at most `num_workers` calls at a time, so a killed worker's successor is already warm; its
-  own replacement starts at once and warms up in the background while the calls go on.
+  own replacement is forked at once.
+* **Grace for the pool's own delays** (`grace_s`, default 0.25 s): a call still waiting for a worker
+  at its deadline while a forked replacement is on its way waits up to `grace_s` more for it, and
+  a call that gets its worker late runs for at least `grace_s`; no call outlives `timeout_s +
+  grace_s` from submission. A call that finds no warm worker even then scores 0
+  (`PoolStats.starved`) instead of waiting for a restart - with forked replacements, rare; with
+  plain ones (zygote down) no grace is given, as such a restart takes seconds.
 
-The start-up of the pool (`start()`, or the first call that needs a worker) waits until every
-process is warm; that wait counts against no call.
+The start-up of the pool (`start()`, or the first call that needs a worker) waits until the zygote
+and every worker are warm; that wait counts against no call.
 """
 
 from __future__ import annotations
@@ -36,6 +52,9 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import select
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -61,11 +80,14 @@ class PoolStats:
         calls: (gold, prediction) pairs submitted.
         screened: predictions rejected by the pre-screen (scored 0, no worker involved).
         timeouts: calls whose worker overran the limit and was killed.
-        starved: calls that reached their deadline before any warm worker was free (scored 0
-            without running).
+        starved: calls that reached their deadline (plus `grace_s` when a forked replacement was
+            on its way) before any warm worker was free (scored 0 without running).
         crashes: workers that died on their own (or whose pipe broke).
         errors: calls on which math-verify raised (scored 0).
         restarts: worker processes started to replace killed or dead ones.
+        zygote_restarts: times the zygote died, hung or failed and was restarted (or given up).
+        last_restart_s: seconds from the start of each of the last 100 replacement workers to
+            its ready signal.
         last_errors: the last 20 messages (errors, timeouts, crashes, screen rejections).
     """
 
@@ -76,6 +98,8 @@ class PoolStats:
     crashes: int = 0
     errors: int = 0
     restarts: int = 0
+    zygote_restarts: int = 0
+    last_restart_s: list[float] = field(default_factory=list)
     last_errors: list[str] = field(default_factory=list)
 
 
@@ -88,10 +112,35 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
+def _worker_cmd(float_rounding: int) -> list[str]:
+    return [sys.executable, "-m", "rlentropy.rewards._worker", str(float_rounding)]
+
+
 class _Worker:
-    def __init__(self, float_rounding: int) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rlentropy.rewards._worker", str(float_rounding)],
+    """One worker process as the pool sees it: a pipe to send jobs on, a pipe to read answers from.
+
+    Either a plain subprocess (`plain`) or a child forked by the zygote (`forked`). A forked worker
+    is not this process's child: it is killed by pid (through a pidfd where the OS has one, so that
+    a recycled pid is never hit) and its death shows as end of file on its answer pipe.
+    """
+
+    def __init__(self, inp, out, *, proc: subprocess.Popen | None = None, zygote: _Zygote | None = None) -> None:
+        self.inp = inp  # text file: job lines to the worker
+        self.out = out  # text file: answer lines from it (what `mp_wait` selects on)
+        self.proc = proc
+        self.zygote = zygote  # the zygote that forked it (None: a plain subprocess)
+        self.forked = zygote is not None
+        self.replacement = False  # started to replace a killed or dead worker
+        self.pid: int | None = None if proc is None else proc.pid  # a forked one says it when ready
+        self._pidfd: int | None = None
+        self.started_at = time.monotonic()
+        self.ready = False
+        self.job: _Job | None = None
+
+    @classmethod
+    def plain(cls, float_rounding: int) -> _Worker:
+        proc = subprocess.Popen(
+            _worker_cmd(float_rounding),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=_worker_env(),
@@ -99,27 +148,144 @@ class _Worker:
             encoding="utf-8",
             bufsize=1,
         )
-        self.started_at = time.monotonic()
-        self.ready = False
-        self.job: _Job | None = None
+        return cls(proc.stdin, proc.stdout, proc=proc)
 
-    @property
-    def out(self):  # the object `multiprocessing.connection.wait` selects on
-        return self.proc.stdout
+    @classmethod
+    def fork(cls, zygote: _Zygote) -> _Worker:
+        """Ask the zygote for a worker (raises OSError when the zygote cannot be reached)."""
+        job_r, job_w = os.pipe()
+        ans_r, ans_w = os.pipe()
+        try:
+            socket.send_fds(zygote.sock, [b"F"], [job_r, ans_w], _SEND_FLAGS)
+        except BaseException:
+            for fd in (job_w, ans_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(job_r)  # the zygote and its child hold their own copies now
+            os.close(ans_w)
+        inp = open(job_w, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in kill()
+        out = open(ans_r, encoding="utf-8")  # noqa: SIM115
+        return cls(inp, out, zygote=zygote)
+
+    def on_ready(self, pid: object) -> None:
+        self.ready = True
+        if self.forked and isinstance(pid, int) and pid > 0 and self.pid is None:
+            self.pid = pid
+            if hasattr(os, "pidfd_open"):
+                try:
+                    self._pidfd = os.pidfd_open(pid)
+                except OSError:  # already gone (its pipe will say so), or no pidfd here
+                    self._pidfd = None
 
     def send(self, obj: object) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(obj) + "\n")
-        self.proc.stdin.flush()
+        self.inp.write(json.dumps(obj) + "\n")
+        self.inp.flush()
 
     def recv(self) -> list:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
+        line = self.out.readline()
         if not line:
             raise EOFError("verifier worker exited")
         return json.loads(line)
 
+    def alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        if self._pidfd is not None:  # a pidfd turns readable when its process exits
+            p = select.poll()
+            p.register(self._pidfd, select.POLLIN)
+            return not p.poll(0)
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            except OSError:
+                pass
+        return True
+
     def kill(self) -> None:
+        if self.proc is not None:
+            try:
+                self.proc.kill()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        elif self._pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            except OSError:
+                pass  # already dead
+            os.close(self._pidfd)
+            self._pidfd = None
+        elif self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        # A forked worker not yet ready has no known pid: closing its pipes ends it (end of file).
+        for f in (self.inp, self.out):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+# Where os.fork and fd passing exist, workers are forked from a warm zygote.
+_CAN_FORK = hasattr(os, "fork") and hasattr(socket, "send_fds") and hasattr(socket, "AF_UNIX")
+_SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
+# A forked worker that has not announced itself within this many seconds means a stuck zygote.
+_FORK_LIMIT_S = 10.0
+# The zygote is given up (plain subprocesses only) after this many failures in a row.
+_ZYGOTE_MAX_FAILURES = 3
+
+
+class _Zygote:
+    """The fork server process (`rlentropy.rewards._worker.zygote_main`) and the pool's end of its
+    control socket."""
+
+    def __init__(self, float_rounding: int) -> None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.proc = subprocess.Popen(
+                [*_worker_cmd(float_rounding), "--zygote", str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env=_worker_env(),
+                pass_fds=(theirs.fileno(),),
+            )
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        mine.settimeout(2.0)  # a zygote that stops reading must not block the pool for long
+        self.sock = mine
+        self.started_at = time.monotonic()
+        self.ready = False
+
+    def on_readable(self) -> bool:
+        """Read what the zygote wrote; False when it has died (end of file)."""
+        try:
+            data = self.sock.recv(64)
+        except (BlockingIOError, TimeoutError):
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        if b"R" in data:
+            self.ready = True
+        return True
+
+    def kill(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
         try:
             self.proc.kill()
         except OSError:
@@ -128,18 +294,13 @@ class _Worker:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-        for f in (self.proc.stdin, self.proc.stdout):
-            try:
-                if f is not None:
-                    f.close()
-            except OSError:
-                pass
 
 
 @dataclass(eq=False)
 class _Job:
     index: int  # position in the batch
-    deadline: float  # time.monotonic() by which it must be answered
+    deadline: float  # time.monotonic() by which it must be answered (extended at most to `limit`)
+    limit: float  # submission + timeout_s + grace_s: never extended past this
     worker: _Worker | None = None
 
 
@@ -154,9 +315,17 @@ class VerifierPool:
         float_rounding: decimal places math-verify rounds floats to before comparing.
         spares: warm processes kept beyond `num_workers`, ready to take over from killed ones
             (default: `num_workers`, so that a storm killing every running call at once still
-            finds a warm successor for each; a worker costs about 65 MB).
+            finds a warm successor for each). A plain worker costs about 60 MB; forked ones share
+            most of it with the zygote (zygote + 4 fresh workers: 64 MB proportional set size,
+            against 225 MB for 4 plain ones).
         screen: pre-screen limits applied to every prediction (not to golds); None turns the
             pre-screen off.
+        zygote: fork workers from a warm fork server (milliseconds per restart) where the OS has
+            `os.fork`; False: plain subprocesses only (1-2 s of imports per restart).
+        grace_s: how much a call may outlive `timeout_s` when the pool, not the answer, held it
+            up: a call still waiting at its deadline for a forked replacement waits up to `grace_s`
+            more, and a call that gets its worker late runs for at least `grace_s` (never past
+            `timeout_s + grace_s` from submission).
     """
 
     def __init__(
@@ -167,6 +336,8 @@ class VerifierPool:
         float_rounding: int = 6,
         spares: int | None = None,
         screen: ScreenLimits | None = DEFAULT_SCREEN,
+        zygote: bool = True,
+        grace_s: float = 0.25,
     ) -> None:
         if num_workers is None:
             num_workers = max(1, min(4, os.cpu_count() or 1))
@@ -178,13 +349,19 @@ class VerifierPool:
             spares = num_workers
         if spares < 0:
             raise ValueError(f"spares: must be >= 0, got {spares}")
+        if not grace_s >= 0:
+            raise ValueError(f"grace_s: must be >= 0, got {grace_s}")
         self.num_workers = int(num_workers)
         self.spares = int(spares)
         self.timeout_s = float(timeout_s)
+        self.grace_s = float(grace_s)
         self.float_rounding = int(float_rounding)
         self.screen = screen
         self.stats = PoolStats()
         self._workers: list[_Worker] = []
+        self._zygote: _Zygote | None = None
+        self._use_zygote = bool(zygote) and _CAN_FORK
+        self._zygote_failures = 0
         self._lock = threading.Lock()
         self._closed = False
         self._started = False
@@ -208,12 +385,58 @@ class VerifierPool:
             self._poll(0.0)
             return sum(1 for w in self._workers if w.ready and w.job is None)
 
-    def _spawn(self) -> None:
-        self._workers.append(_Worker(self.float_rounding))
+    @property
+    def zygote_ready(self) -> bool:
+        """Whether new workers are forked from a warm zygote now (False: plain subprocesses)."""
+        return self._zygote is not None and self._zygote.ready
+
+    def _spawn(self, replacement: bool = False) -> None:
+        z = self._zygote
+        w = None
+        if z is not None and z.ready:
+            try:
+                w = _Worker.fork(z)
+            except OSError as exc:
+                self._zygote_failed(f"zygote unreachable ({type(exc).__name__}: {exc})")
+        if w is None:
+            w = _Worker.plain(self.float_rounding)
+        w.replacement = replacement
+        self._workers.append(w)
+
+    def _start_zygote(self) -> None:
+        if not self._use_zygote or self._zygote is not None or self._closed:
+            return
+        try:
+            self._zygote = _Zygote(self.float_rounding)
+        except OSError as exc:
+            self._note_error(f"cannot start the zygote ({exc}); plain worker processes only")
+            self._use_zygote = False
+
+    def _zygote_failed(self, why: str) -> None:
+        """The zygote died, hung or failed a fork: kill it and start another (plain workers
+        meanwhile), or give it up after `_ZYGOTE_MAX_FAILURES` failures in a row."""
+        z, self._zygote = self._zygote, None
+        if z is not None:
+            z.kill()
+        self._zygote_failures += 1
+        self.stats.zygote_restarts += 1
+        if self._zygote_failures >= _ZYGOTE_MAX_FAILURES:
+            self._use_zygote = False
+            self._note_error(f"{why}; {self._zygote_failures} failures in a row: plain worker processes only")
+            return
+        self._note_error(f"{why}; restarting it")
+        self._start_zygote()
 
     def _ensure_started(self) -> None:
         if self._closed:
             raise RuntimeError("VerifierPool is closed")
+        if not self._started:
+            # One warm-up in the zygote, then every worker forked from it in milliseconds (a
+            # zygote that fails to start falls back to plain workers).
+            self._start_zygote()
+            while self._zygote is not None and not self._zygote.ready:
+                self._poll(max(0.0, self._zygote.started_at + _STARTUP_LIMIT_S - time.monotonic()))
+                self._check_startup_limit()
         while len(self._workers) < self.num_workers + self.spares:
             self._spawn()
         if self._started:
@@ -226,20 +449,24 @@ class VerifierPool:
         self._started = True
 
     def _replace(self, w: _Worker) -> None:
-        """Kill `w` and start its successor, which warms up in the background."""
+        """Kill `w` and start its successor (forked: ready in milliseconds; plain: warms up in
+        the background)."""
         w.kill()
         self._workers.remove(w)
         self.stats.restarts += 1
-        self._spawn()
+        self._spawn(replacement=True)
 
     def close(self) -> None:
-        """Stop every worker (idempotent; also runs at interpreter exit)."""
+        """Stop every worker and the zygote (idempotent; also runs at interpreter exit)."""
         if self._closed:
             return
         self._closed = True
         for w in self._workers:
             w.kill()  # stateless: nothing to flush
         self._workers = []
+        if self._zygote is not None:
+            self._zygote.kill()
+            self._zygote = None
 
     def __enter__(self) -> VerifierPool:
         return self.start()
@@ -249,33 +476,45 @@ class VerifierPool:
 
     # -- events ----------------------------------------------------------------------------------
     def _poll(self, wait_s: float) -> list[tuple[_Job, bool, str | None]]:
-        """Wait up to `wait_s` for answers and ready signals; returns the finished jobs as (job,
-        result, error raised in the worker).
+        """Wait up to `wait_s` for answers, ready signals and zygote events; returns the finished
+        jobs as (job, result, error raised in the worker).
 
         A worker that died is replaced and its job, if any, is returned as (job, False, None); a
-        worker that dies before it ever became ready counts towards the start-up failure limit.
+        plain worker that dies before it ever became ready counts towards the start-up failure
+        limit, a forked one towards the zygote's.
         """
-        conns = [w.out for w in self._workers if w.job is not None or not w.ready]
+        z = self._zygote
+        conns: list = [w.out for w in self._workers if w.job is not None or not w.ready]
+        if z is not None:
+            conns.append(z.sock)
         if not conns:
             time.sleep(min(wait_s, 0.05))  # nothing to wait on (not reached in normal operation)
             return []
         by_conn = {id(w.out): w for w in self._workers}
         done: list[tuple[_Job, bool, str | None]] = []
         for c in mp_wait(conns, timeout=wait_s):
+            if z is not None and c is z.sock:
+                if z is self._zygote and not z.on_readable():
+                    self._zygote_failed("zygote died" if z.ready else "zygote died during start-up")
+                continue
             w = by_conn.get(id(c))
-            if w is None:
+            if w is None or w not in self._workers:
                 continue
             try:
                 tag, ok, err = w.recv()
             except (EOFError, OSError, ValueError):
                 if not w.ready:
-                    self._startup_failures += 1
-                    if self._startup_failures >= 3:
-                        raise RuntimeError(
-                            "verifier workers exit during start-up "
-                            f"(`{sys.executable} -m rlentropy.rewards._worker` fails; "
-                            "is math-verify installed?)"
-                        ) from None
+                    if w.forked:
+                        if w.zygote is self._zygote:  # (not when its zygote is already gone)
+                            self._zygote_failed("forked worker died before it was ready")
+                    else:
+                        self._startup_failures += 1
+                        if self._startup_failures >= 3:
+                            raise RuntimeError(
+                                "verifier workers exit during start-up "
+                                f"(`{sys.executable} -m rlentropy.rewards._worker` fails; "
+                                "is math-verify installed?)"
+                            ) from None
                 # The worker died: its job (if any) scores 0.
                 if w.job is not None:
                     self._note_error(f"worker crashed on job {w.job.index}")
@@ -285,8 +524,14 @@ class VerifierPool:
                 self._replace(w)
                 continue
             if tag == "ready":
-                w.ready = True
-                self._startup_failures = 0
+                w.on_ready(ok)
+                if w.forked:
+                    self._zygote_failures = 0
+                else:
+                    self._startup_failures = 0
+                if w.replacement:
+                    self.stats.last_restart_s.append(time.monotonic() - w.started_at)
+                    del self.stats.last_restart_s[:-100]
             elif w.job is not None and tag == w.job.index:
                 done.append((w.job, bool(ok), err))
                 w.job = None
@@ -294,8 +539,19 @@ class VerifierPool:
 
     def _check_startup_limit(self) -> None:
         now = time.monotonic()
-        for w in self._workers:
-            if not w.ready and now - w.started_at > _STARTUP_LIMIT_S:
+        z = self._zygote
+        if z is not None and not z.ready and now - z.started_at > _STARTUP_LIMIT_S:
+            self._zygote_failed(f"zygote not warm within {_STARTUP_LIMIT_S:g}s")
+        for w in list(self._workers):
+            if w.ready or w not in self._workers:
+                continue
+            if w.forked and now - w.started_at > _FORK_LIMIT_S:
+                # The zygote accepted the request but no worker came: treat it as stuck.
+                if w.zygote is self._zygote:
+                    self._zygote_failed(f"no forked worker within {_FORK_LIMIT_S:g}s")
+                self.stats.crashes += 1
+                self._replace(w)
+            elif not w.forked and now - w.started_at > _STARTUP_LIMIT_S:
                 raise RuntimeError(
                     f"verifier worker did not start within {_STARTUP_LIMIT_S:g}s (is math-verify installed?)"
                 )
@@ -303,12 +559,16 @@ class VerifierPool:
     def _idle_worker(self) -> _Worker | None:
         """A warm worker with no job (one found dead meanwhile is replaced), or None."""
         for w in [w for w in self._workers if w.ready and w.job is None]:
-            if w.proc.poll() is None:
+            if w.alive():
                 return w
             self.stats.crashes += 1  # died while idle
             self._note_error("worker died while idle")
             self._replace(w)
         return None
+
+    def _fork_pending(self) -> bool:
+        """Whether a worker forked from the zygote is on its way (ready within milliseconds)."""
+        return any(w.forked and not w.ready for w in self._workers)
 
     def _note_error(self, msg: str) -> None:
         self.stats.last_errors.append(msg)
@@ -342,7 +602,7 @@ class VerifierPool:
                 # Admit calls into free slots: each call's clock starts here.
                 now = time.monotonic()
                 while queue and len(active) < self.num_workers:
-                    active.append(_Job(queue.popleft(), now + self.timeout_s))
+                    active.append(_Job(queue.popleft(), now + self.timeout_s, now + self.timeout_s + self.grace_s))
                 # Hand waiting calls to warm idle workers.
                 for job in active:
                     while job.worker is None:
@@ -357,6 +617,8 @@ class VerifierPool:
                             self._replace(w)
                             continue
                         job.worker, w.job = w, job
+                        # A call that got its worker late still runs for grace_s (within its limit).
+                        job.deadline = max(job.deadline, min(time.monotonic() + self.grace_s, job.limit))
                 # Wait for an answer, a ready signal, or the nearest deadline.
                 wait_s = max(0.0, min(j.deadline for j in active) - time.monotonic())
                 for job, ok, err in self._poll(wait_s):
@@ -368,6 +630,9 @@ class VerifierPool:
                 # Enforce deadlines.
                 now = time.monotonic()
                 for job in [j for j in active if now >= j.deadline]:
+                    if job.worker is None and job.deadline < job.limit and self._fork_pending():
+                        job.deadline = job.limit  # a forked replacement is imminent: wait for it
+                        continue
                     active.remove(job)
                     if job.worker is not None:
                         self.stats.timeouts += 1
@@ -388,7 +653,8 @@ _DEFAULT_LOCK = threading.Lock()
 def default_pool(*, timeout_s: float = 1.5, num_workers: int | None = None) -> VerifierPool:
     """The process-wide shared pool, created on first use (re-created when the settings change).
 
-    `RLENTROPY_VERIFY_WORKERS` overrides the default worker count.
+    `RLENTROPY_VERIFY_WORKERS` overrides the default worker count; `RLENTROPY_VERIFY_ZYGOTE=0`
+    starts plain worker processes only (no fork server).
     """
     global _DEFAULT_POOL
     if num_workers is None and os.environ.get("RLENTROPY_VERIFY_WORKERS"):
@@ -404,5 +670,6 @@ def default_pool(*, timeout_s: float = 1.5, num_workers: int | None = None) -> V
         ):
             if p is not None:
                 p.close()
-            _DEFAULT_POOL = VerifierPool(num_workers, timeout_s=timeout_s)
+            zygote = os.environ.get("RLENTROPY_VERIFY_ZYGOTE", "1").strip().lower() not in ("0", "false", "no", "off")
+            _DEFAULT_POOL = VerifierPool(num_workers, timeout_s=timeout_s, zygote=zygote)
         return _DEFAULT_POOL
