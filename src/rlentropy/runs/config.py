@@ -21,7 +21,9 @@ from rlentropy.data.tasks import DataConfig
 from rlentropy.errors import ConfigError
 from rlentropy.models.loading import ModelConfig
 
-AggregationMode = Literal["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+AggregationMode = Literal[
+    "token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
+]
 
 
 RECOMMENDED_EVERY = 10
@@ -76,7 +78,6 @@ class ProbesConfig(BaseModel):
     fisher_metric: Literal["identity", "adam"] = "identity"
     gns: bool = True
     save_arrays: bool = True
-
 
 
 class _Section(BaseModel):
@@ -192,24 +193,30 @@ class AlgorithmConfig(_Section):
         return [n for n in names if n != "none"]
 
     @model_validator(mode="after")
-    def _params(self) -> "AlgorithmConfig":
+    def _params(self) -> AlgorithmConfig:
         ADVANTAGES.get(self.advantage).resolve(self.advantage_params, where="algorithm.advantage_params")
         POLICY_LOSSES.get(self.loss).resolve(self.loss_params, where="algorithm.loss_params")
-        configure_controls(self.controls(), self.control_params, stage=self.control_stage, where="algorithm.control_params")
+        configure_controls(
+            self.controls(), self.control_params, stage=self.control_stage, where="algorithm.control_params"
+        )
         if self.controller != "none":
             spec = CONTROLLERS.get(self.controller)
             spec.resolve(self.controller_params, where="algorithm.controller_params")
             driven = [n for n in self.controls() if n in spec.controls]
             if spec.controls == ("entropy_bonus",):
                 if self.entropy_bonus == 0:
-                    raise ValueError(f"algorithm.controller: {self.controller!r} needs algorithm.entropy_bonus > 0 "
-                                     "(its start value)")
+                    raise ValueError(
+                        f"algorithm.controller: {self.controller!r} needs algorithm.entropy_bonus > 0 (its start value)"
+                    )
             elif not driven:
-                raise ValueError(f"algorithm.controller: {self.controller!r} needs algorithm.control "
-                                 f"{' or '.join(spec.controls)}")
+                raise ValueError(
+                    f"algorithm.controller: {self.controller!r} needs algorithm.control {' or '.join(spec.controls)}"
+                )
             missing = [k for k in spec.required if k not in self.controller_params]
             if missing:
-                raise ValueError(f"algorithm.controller_params: controller {self.controller!r} needs {', '.join(missing)}")
+                raise ValueError(
+                    f"algorithm.controller_params: controller {self.controller!r} needs {', '.join(missing)}"
+                )
         return self
 
 
@@ -242,6 +249,9 @@ class TrainConfig(_Section):
         device: "auto" (GPU when present), "cpu" or "cuda". stats_batch_size: sequences per no-grad
             statistics forward (null = micro_batch_size or all).
         max_nonfinite: consecutive non-finite updates tolerated before stopping (TrainingError).
+        threads: torch intra-op threads of each process: a number, or "auto" = 1 on CPU (measured: on
+            small models a second thread mostly waits, and beside any other busy process it costs up to
+            30x; docs/training.md) and torch's own default on a GPU. Logged in run_info.json.
         fuse_old_stats: when nothing reads the old-policy statistics before the loss (control "none",
             no whole-batch Clip-Cov / KL-Cov selection, no probe this step, no dropout), the rows of
             the first mini-batch take them from their own update forward (detached; the weights have
@@ -260,7 +270,15 @@ class TrainConfig(_Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_nonfinite: int = Field(default=3, ge=1)
+    threads: int | Literal["auto"] = "auto"
     fuse_old_stats: bool = True
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError(f"must be an integer >= 1 or 'auto', got {v!r}")
 
 
 class CheckpointConfig(_Section):
@@ -335,9 +353,11 @@ class RunConfig(_Section):
     demo: DemoConfig = Field(default_factory=DemoConfig)
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "RunConfig":
+    def _cross_checks(self) -> RunConfig:
         if self.train.mini_batches > self.train.prompts_per_step:
-            raise ValueError("train.mini_batches: must be <= train.prompts_per_step (groups are split across mini-batches)")
+            raise ValueError(
+                "train.mini_batches: must be <= train.prompts_per_step (groups are split across mini-batches)"
+            )
         return self
 
     def resolved_run_dir(self) -> Path:
@@ -408,11 +428,14 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
                   |[-+]?\.(?:inf|Inf|INF)
-                  |\.(?:nan|NaN|NAN))$""", re.X),
+                  |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
     list("-+0123456789."),
 )
 
@@ -456,6 +479,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing file or a non-mapping top level is a ConfigError."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {str(p)!r} is a directory, not a YAML file (e.g. configs/demo_countdown.yaml)")
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
     try:
@@ -464,8 +489,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"config file {str(p)!r}{where}: invalid YAML") from err
-    if data is None:
-        return {}
+    if data is None or data == {}:
+        raise ConfigError(
+            f"config file {str(p)!r} is empty: it needs at least the sections model, data and train "
+            "(see configs/demo_countdown.yaml)"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(p)!r}: the top level must be a mapping of sections")
     return data
