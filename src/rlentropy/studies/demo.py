@@ -7,8 +7,10 @@ parameters from the config's `demo.methods`), evaluate the starting policy and e
 directory, `<out>/summary.md` (printed too) and `<out>/report.html`. The summary reports, per run, how
 well the probes' predicted entropy change matched the measured one across the probed steps.
 
-Runs go two at a time in worker processes with one intra-op thread each: on tiny models that is
-about twice as fast on two cores as one run with two threads (`RLENTROPY_DEMO_WORKERS` overrides).
+Runs go two at a time in worker processes with `train.threads` intra-op threads each ("auto": one on
+CPU): on tiny models that is about twice as fast on two cores as one run with two threads
+(`RLENTROPY_DEMO_WORKERS` overrides). A run the demo finished is not trained again; a run a kill
+interrupted resumes from its newest checkpoint (the demo config checkpoints every 10 steps).
 `--study quadrants` runs the theorem study of `rlentropy.studies.quadrants` instead.
 """
 
@@ -18,7 +20,6 @@ import gzip
 import json
 import math
 import os
-import shutil
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -38,9 +39,11 @@ from rlentropy.evaluate import evaluate_model
 from rlentropy.evaluate.run import eval_settings, read_eval_result, save_eval_result
 from rlentropy.models.loading import load_policy
 from rlentropy.report.html import write_report
-from rlentropy.runs.config import dump_config, load_config, parse_override
+from rlentropy.runs.checkpoints import latest_checkpoint
+from rlentropy.runs.config import load_config, parse_override
 from rlentropy.studies.quadrants import run_quadrant_study
-from rlentropy.train.run import run_training
+from rlentropy.studies.runs import read_history, same_config, train_to_end
+from rlentropy.train.state import set_threads
 
 DEMO_CONFIG = "demo_countdown.yaml"
 EVAL_SEED = 1234
@@ -75,16 +78,11 @@ def method_overrides(cfg: Any) -> dict[str, list[str]]:
 
 
 def _finished(run_dir: Path, cfg: Any) -> bool:
-    """True when run_dir holds this exact config's finished run (same resolved config, every step)."""
-    metrics = run_dir / "metrics.jsonl"
-    summary = run_dir / "demo_result.json"
-    config = run_dir / "config.yaml"
-    if not (metrics.is_file() and summary.is_file() and config.is_file()):
+    """True when run_dir holds this config's finished and evaluated run (`same_config`, every step)."""
+    if not (run_dir / "demo_result.json").is_file() or not same_config(run_dir, cfg):
         return False
-    if config.read_text(encoding="utf-8") != dump_config(cfg):
-        return False
-    lines = metrics.read_text(encoding="utf-8").splitlines()
-    return bool(lines) and json.loads(lines[-1]).get("step") == cfg.train.steps
+    history = read_history(run_dir)
+    return bool(history) and history[-1].get("step") == cfg.train.steps
 
 
 def _controlled(h: dict[str, Any]) -> float:
@@ -143,32 +141,39 @@ def _evaluate(model: Any, tokenizer: Any, cfg: Any) -> tuple[dict[str, Any], lis
 
 
 def _run_one(job: dict[str, Any]) -> dict[str, Any]:
-    """Train + evaluate one (method, seed) in this process. Returns its summary row."""
-    torch.set_num_threads(job["threads"])
+    """Train + evaluate one (method, seed) in this process. Returns its summary row.
 
+    A run the demo finished before is not trained again; one a kill interrupted resumes from its
+    newest checkpoint (`rlentropy.studies.runs.train_to_end`).
+    """
     run_dir = Path(job["run_dir"])
     cfg = load_config(job["config"], job["overrides"])
     if _finished(run_dir, cfg):
         return json.loads((run_dir / "demo_result.json").read_text())
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+    set_threads(cfg.train.threads, torch.device("cpu"))
     t0 = time.perf_counter()
-    trainer = run_training(cfg, quiet=True)
-    eval_metrics, samples, settings = _evaluate(trainer.model, trainer.tokenizer, cfg)
-    ckpt = run_dir / "checkpoints" / f"step_{trainer.step}"
+    trainer = train_to_end(cfg, quiet=True)
+    if trainer is not None:
+        model, tokenizer, step = trainer.model, trainer.tokenizer, trainer.step
+    else:  # trained to the end before, stopped before its evaluation
+        step, path = latest_checkpoint(run_dir)
+        loaded = load_policy(cfg.model, checkpoint=path)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    eval_metrics, samples, settings = _evaluate(model, tokenizer, cfg)
+    ckpt = run_dir / "checkpoints" / f"step_{step}"
     save_eval_result(
         run_dir,
-        trainer.step,
+        step,
         eval_metrics,
         samples,
         settings=settings,
-        checkpoint=str(ckpt) if ckpt.is_dir() else f"in-training step {trainer.step}",
+        checkpoint=str(ckpt) if ckpt.is_dir() else f"in-training step {step}",
     )
     row = {
         "method": job["method"],
         "seed": job["seed"],
         "run_dir": str(run_dir),
-        **_summarise_run(trainer.history, eval_metrics, cfg.eval.n),
+        **_summarise_run(read_history(run_dir), eval_metrics, cfg.eval.n),
         "total_s": time.perf_counter() - t0,
     }
     (run_dir / "demo_result.json").write_text(json.dumps(row, indent=1))
@@ -182,9 +187,8 @@ def _base_row(job: dict[str, Any]) -> dict[str, Any]:
     demo saves as eval/step_0 of every run. `<out>/base/` caches it for a rerun with the same
     settings and model.
     """
-    torch.set_num_threads(job["threads"])
-
     cfg = load_config(job["config"], job["overrides"])
+    set_threads(cfg.train.threads, torch.device("cpu"))
     cache = Path(job["out"]) / "base"
     source = f"base:{cfg.model.path or 'tiny'}"
     prev = read_eval_result(cache, 0)
@@ -438,7 +442,6 @@ def run_demo(
         load_config(config, [*extra, *table[m]])
     out.mkdir(parents=True, exist_ok=True)
     workers = workers or int(os.environ.get("RLENTROPY_DEMO_WORKERS", "0")) or max(1, min(2, os.cpu_count() or 1))
-    threads = 1 if workers > 1 else torch.get_num_threads()
     jobs = []
     for seed in range(seeds):
         for m in chosen:
@@ -449,11 +452,10 @@ def run_demo(
                     "seed": seed,
                     "run_dir": str(run_dir),
                     "config": str(config),
-                    "threads": threads,
                     "overrides": [*extra, *table[m], f"train.seed={seed}", f"run_dir={run_dir}", f"name={m}-s{seed}"],
                 }
             )
-    base_job = {"config": str(config), "overrides": extra, "out": str(out), "threads": threads}
+    base_job = {"config": str(config), "overrides": extra, "out": str(out)}
     console.print(
         f"[bold]rlentropy demo[/]: {len(jobs)} runs × {cfg.train.steps} steps on {cfg.data.task} "
         f"({workers} worker{'s' if workers > 1 else ''}) → {out}"
