@@ -28,7 +28,7 @@ def bench(steps: int, threads: int, overrides: list[str]) -> dict[str, float]:
     from rlentropy.runs.config import load_config
     from rlentropy.train.run import run_training
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # the trainer applies train.threads (below) for the run itself
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(
             REPO / "configs" / "demo_countdown.yaml",
@@ -38,6 +38,8 @@ def bench(steps: int, threads: int, overrides: list[str]) -> dict[str, float]:
                 "logging.tensorboard=false",
                 "logging.rollouts_every=0",
                 "checkpoint.save_final=false",
+                "checkpoint.every=0",
+                f"train.threads={threads}",
                 *overrides,
             ],
         )
