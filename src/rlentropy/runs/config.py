@@ -250,8 +250,8 @@ class TrainConfig(_Section):
             statistics forward (null = micro_batch_size or all).
         max_nonfinite: consecutive non-finite updates tolerated before stopping (TrainingError).
         threads: torch intra-op threads of each process: a number, or "auto" = 1 on CPU (measured: on
-            small models a second thread mostly waits, and beside any other busy process it costs up to
-            30x; docs/training.md) and torch's own default on a GPU. Logged in run_info.json.
+            small models a second thread mostly waits, and beside any other busy process a step took 17x
+            longer; docs/training.md, "Threads") and torch's own default on a GPU. Logged in run_info.json.
         fuse_old_stats: when nothing reads the old-policy statistics before the loss (control "none",
             no whole-batch Clip-Cov / KL-Cov selection, no probe this step, no dropout), the rows of
             the first mini-batch take them from their own update forward (detached; the weights have
