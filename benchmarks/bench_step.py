@@ -27,7 +27,7 @@ PHASES = ("time/rollout", "time/reward", "time/stats", "time/update", "time/step
 def bench(steps: int, threads: int, overrides: list[str]) -> dict[str, float]:
     from rlentropy.train import load_config, run_training  # public API (benchmarks also run on older trees)
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # the trainer applies train.threads (below) for the run itself
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(
             REPO / "configs" / "demo_countdown.yaml",
@@ -37,6 +37,8 @@ def bench(steps: int, threads: int, overrides: list[str]) -> dict[str, float]:
                 "logging.tensorboard=false",
                 "logging.rollouts_every=0",
                 "checkpoint.save_final=false",
+                "checkpoint.every=0",
+                f"train.threads={threads}",
                 *overrides,
             ],
         )

@@ -264,7 +264,13 @@ def test_eval_run_bad_input(tiny_model_dir, tmp_path):
     run = _make_run(tmp_path, tiny_model_dir)
     (run / "checkpoints" / "step_4" / "model.safetensors").unlink()
     with pytest.raises(UserError, match=r"missing checkpoint file .*step_4/model\.safetensors"):
-        evaluate_run(run, n=2)
+        evaluate_run(run / "checkpoints" / "step_4", n=2)
+    # a whole run skips (and names) the broken checkpoint and evaluates the rest
+    logs: list[str] = []
+    evaluate_run(run, n=2, max_prompts=1, include_base=False, log=logs.append)
+    assert logs[0].startswith("step_4: skipped, broken checkpoint (missing checkpoint file ")
+    assert "step_4/model.safetensors" in logs[0]
+    assert (run / "eval" / "step_2" / "metrics.json").is_file() and not (run / "eval" / "step_4").exists()
 
 
 def test_cli_eval(tiny_model_dir, tmp_path, capsys):

@@ -8,6 +8,8 @@ import functools
 import pytest
 import torch
 
+pytestmark = pytest.mark.verl  # `make test-core` runs every other test without the verl extra
+
 pytest.importorskip("verl", reason="verl is an optional extra: pip install 'rlentropy[verl]' (make test installs it)")
 
 from omegaconf import OmegaConf  # noqa: E402

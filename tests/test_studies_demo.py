@@ -8,15 +8,8 @@ import math
 import pytest
 
 from rlentropy.errors import ConfigError
-from rlentropy.studies.demo import (
-    EVAL_SEED,
-    METHODS,
-    _controlled,
-    _library_defaults,
-    demo_command,
-    run_demo,
-    summary_markdown,
-)
+from rlentropy.studies.demo import METHODS, _library_defaults, demo_command, run_demo, summary_markdown
+from rlentropy.studies.jobs import EVAL_SEED, _controlled
 
 
 def test_demo_runs_and_writes_summary_and_report(tiny_model_dir, tmp_path):
@@ -72,6 +65,11 @@ def test_demo_runs_and_writes_summary_and_report(tiny_model_dir, tmp_path):
     stamp = (out / "grpo-s0" / "metrics.jsonl").stat().st_mtime_ns
     run_demo(out, quiet=True, workers=1, methods=["grpo"], overrides=overrides)
     assert (out / "grpo-s0" / "metrics.jsonl").stat().st_mtime_ns == stamp
+    # a run killed after its training, before its evaluation: evaluated from its final checkpoint, not retrained
+    (out / "grpo-s0" / "demo_result.json").unlink()
+    run_demo(out, quiet=True, workers=1, methods=["grpo"], overrides=overrides)
+    assert (out / "grpo-s0" / "metrics.jsonl").stat().st_mtime_ns == stamp
+    assert json.loads((out / "grpo-s0" / "demo_result.json").read_text())["pass@1"] == data["runs"][0]["pass@1"]
     run_demo(out, quiet=True, workers=1, methods=["grpo"], overrides=[*overrides, "train.steps=1"])
     assert len((out / "grpo-s0" / "metrics.jsonl").read_text().splitlines()) == 1
     with pytest.raises(ConfigError, match="demo methods: unknown nope"):

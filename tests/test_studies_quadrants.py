@@ -91,3 +91,9 @@ def test_quadrant_study_runs_every_arm(tiny_model_dir, tmp_path):
         if r["arm"] in THEOREM_SIGN:
             assert r["pressure_dH_total"] * THEOREM_SIGN[r["arm"]] > 0.0
     assert (tmp_path / "q" / "pos_high-s0" / "metrics.jsonl").is_file()
+    # run again into the same directory: every finished arm is reused, none is trained again
+    stamp = (tmp_path / "q" / "pos_high-s0" / "metrics.jsonl").stat().st_mtime_ns
+    run_quadrant_study(tmp_path / "q", seeds=1, quiet=True, steps=2, base=base)
+    assert (tmp_path / "q" / "pos_high-s0" / "metrics.jsonl").stat().st_mtime_ns == stamp
+    again = json.loads((tmp_path / "q" / "summary.json").read_text())["runs"]
+    assert json.dumps(again) == json.dumps(runs)  # (as text: NaN == NaN)

@@ -2,17 +2,39 @@
 
 Each sub-command is a thin wrapper: it parses options with typer and imports its implementation
 lazily, so `rlentropy --help` stays fast. User errors (`rlentropy.errors.UserError`) are printed as
-one line on stderr and exit with status 2; nothing else is caught here.
+one line on stderr and exit with status 2; a `TrainingError` (a full disk among them) likewise with
+status 1; Ctrl-C prints where the command stopped and how to go on, and exits with status 130.
+Nothing else is caught here.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from rlentropy.errors import TrainingError, UserError
+
+
+class _Stopped(Exception):
+    """Ctrl-C inside a command, carried past typer (which turns a KeyboardInterrupt into a bare exit
+    status and drops its message)."""
+
+
+def _interruptible(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt as err:
+            raise _Stopped(str(err) or "interrupted") from None
+
+    return wrapper
+
 
 app = typer.Typer(
     name="rlentropy",
@@ -24,6 +46,7 @@ app = typer.Typer(
 
 
 @app.command()
+@_interruptible
 def train(
     config: Path | None = typer.Argument(None, help="YAML config file (see configs/)."),
     overrides: list[str] | None = typer.Argument(None, help="Overrides as key.sub=value."),
@@ -39,6 +62,7 @@ def train(
 
 
 @app.command()
+@_interruptible
 def demo(
     seeds: int = typer.Option(1, "--seeds", help="Number of seeds per method (1 for `make demo`)."),
     study: str = typer.Option(
@@ -54,6 +78,7 @@ def demo(
 
 
 @app.command()
+@_interruptible
 def study(
     config: Path = typer.Argument(..., help="YAML config with a study: section (methods, seeds, baseline)."),
     overrides: list[str] | None = typer.Argument(None, help="Overrides for every run, as key.sub=value."),
@@ -83,6 +108,7 @@ def study(
 
 
 @app.command()
+@_interruptible
 def pretrain(
     out: Path = typer.Option(Path("runs/pretrain"), "--out", help="Where to write the model and tokenizer."),
     seed: int = typer.Option(0, "--seed"),
@@ -95,6 +121,7 @@ def pretrain(
 
 
 @app.command("eval")
+@_interruptible
 def eval_(
     target: Path = typer.Argument(..., help="A checkpoint directory, or a run directory (every checkpoint)."),
     dataset: str | None = typer.Option(
@@ -120,6 +147,9 @@ def eval_(
     batch_size: int | None = typer.Option(
         None, "--batch-size", help="Sequences per generate call (default: the run's rollout.batch_size)."
     ),
+    threads: str | None = typer.Option(
+        None, "--threads", help="torch threads: a number or auto (default: the run's train.threads; auto = 1 on CPU)."
+    ),
 ) -> None:
     """pass@k, avg@n, maj@k, entropy and length of samples, for one checkpoint or all of a run."""
     from rlentropy.evaluate.run import eval_command
@@ -137,10 +167,12 @@ def eval_(
         include_base=base,
         seed=seed,
         batch_size=batch_size,
+        threads=threads,
     )
 
 
 @app.command()
+@_interruptible
 def report(
     runs: list[Path] = typer.Argument(..., help="One or more run directories."),
     out: Path | None = typer.Option(None, "--out", help="Output directory (default: the first run's directory)."),
@@ -176,7 +208,10 @@ def methods(
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the typer app, turning user errors into one line and exit 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+    except _Stopped as err:
+        print(err, file=sys.stderr)
+        sys.exit(130)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
@@ -197,6 +232,12 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(f"error: {ex}", file=sys.stderr)
         sys.exit(getattr(ex, "exit_code", 2))
+    # typer (standalone_mode=False) returns the status of a typer.Exit, and 130 for a Ctrl-C it caught
+    # outside a command body, instead of raising
+    if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+        if code == 130:
+            print("interrupted", file=sys.stderr)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

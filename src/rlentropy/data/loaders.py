@@ -424,7 +424,14 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
-def load_dataset_split(name: str, split: str, *, source: str = "local", skip_bad_rows: bool = False) -> list[Example]:
+def load_dataset_split(
+    name: str,
+    split: str,
+    *,
+    source: str = "local",
+    skip_bad_rows: bool = False,
+    reports: list[LoadReport] | None = None,
+) -> list[Example]:
     """Examples of a bundled dataset split ("gsm8k"/"train", "math500"/"test", ...).
 
     Args:
@@ -432,6 +439,8 @@ def load_dataset_split(name: str, split: str, *, source: str = "local", skip_bad
         split: "train" or "test" (what the dataset has).
         source: "local" (the bundled files, default) or "hf" (Hugging Face `datasets`, needs a
             network or a populated HF cache; never used by the tests).
+        skip_bad_rows: count and skip malformed rows.
+        reports: the split's `LoadReport` (rows read and skipped) is appended here when given.
     """
     from rlentropy.data.templates import dapo_unwrap
 
@@ -447,7 +456,10 @@ def load_dataset_split(name: str, split: str, *, source: str = "local", skip_bad
             while len(_LOCAL_CACHE) >= 4:  # a few splits at most (DAPO is ~18k rows)
                 _LOCAL_CACHE.pop(next(iter(_LOCAL_CACHE)))
             _LOCAL_CACHE[key] = _load_local(spec, path, name, split, unwrap, skip_bad_rows)
-        return list(_LOCAL_CACHE[key])
+        examples, report = _LOCAL_CACHE[key]
+        if reports is not None:
+            reports.append(report)
+        return list(examples)
     if source == "hf":
         if split not in spec.hf_splits:
             raise DataError(f"dataset {name!r} has no {split!r} split on the hub")
@@ -455,6 +467,8 @@ def load_dataset_split(name: str, split: str, *, source: str = "local", skip_bad
         if name == "dapo17k":  # the hub copy repeats every prompt 100 times
             rows = _dedupe_rows(rows, "extra_info.index")
         report = LoadReport(spec.hf_name) if skip_bad_rows else None
+        if reports is not None and report is not None:
+            reports.append(report)
         return rows_to_examples(
             rows,
             source=spec.hf_name,
@@ -468,13 +482,13 @@ def load_dataset_split(name: str, split: str, *, source: str = "local", skip_bad
     raise DataError(f"data.params.source: unknown source {source!r}; allowed: local, hf")
 
 
-_LOCAL_CACHE: dict[tuple, list[Example]] = {}
+_LOCAL_CACHE: dict[tuple, tuple[list[Example], LoadReport]] = {}
 
 
 def _load_local(
     spec: DatasetSpec, path: Path, name: str, split: str, unwrap: Any, skip_bad_rows: bool
-) -> list[Example]:
-    examples, _ = load_file(
+) -> tuple[list[Example], LoadReport]:
+    return load_file(
         path,
         question_field=spec.question_field,
         answer_field=spec.answer_field,
@@ -485,7 +499,6 @@ def _load_local(
         meta_fields=spec.meta_fields,
         skip_bad_rows=skip_bad_rows,
     )
-    return examples
 
 
 def _dedupe_rows(rows: list[tuple[int, dict]], key: str) -> list[tuple[int, dict]]:

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rlentropy.data import loaders
 from rlentropy.data.tasks import DataConfig, Example, register_task
 from rlentropy.data.templates import TEMPLATES, Template, get_template
-from rlentropy.errors import ConfigError
+from rlentropy.errors import ConfigError, DataError
 from rlentropy.rewards.math import DEFAULT_TIMEOUT_S, MathScorer
 
 
@@ -104,8 +104,10 @@ class MathTask:
         train_fn: Callable[[], list[Example]] | None,
         eval_fn: Callable[[], list[Example]],
         default_template: str | None,
+        load_reports: list[loaders.LoadReport] | None = None,
     ) -> None:
         self.name = name
+        self.load_reports = load_reports if load_reports is not None else []  # rows read / skipped per file
         self.cfg = cfg
         self.params = params
         self._train_fn = train_fn
@@ -173,16 +175,24 @@ class MathTask:
 # ---------------------------------------------------------------------------------------------
 # Factories
 # ---------------------------------------------------------------------------------------------
-def _split_loader(dataset: str, split: str, cfg: DataConfig, p: MathParams) -> Callable[[], list[Example]]:
+def _split_loader(
+    dataset: str, split: str, cfg: DataConfig, p: MathParams, reports: list[loaders.LoadReport]
+) -> Callable[[], list[Example]]:
     def load() -> list[Example]:
-        ex = loaders.load_dataset_split(dataset, split, source=p.source, skip_bad_rows=cfg.skip_bad_rows)
+        ex = loaders.load_dataset_split(
+            dataset, split, source=p.source, skip_bad_rows=cfg.skip_bad_rows, reports=reports
+        )
         return _tag(ex, dataset)
 
     return load
 
 
-def _dapo_split(cfg: DataConfig, p: MathParams) -> tuple[list[Example], list[Example]]:
-    ex = loaders.load_dataset_split("dapo17k", "train", source=p.source, skip_bad_rows=cfg.skip_bad_rows)
+def _dapo_split(
+    cfg: DataConfig, p: MathParams, reports: list[loaders.LoadReport]
+) -> tuple[list[Example], list[Example]]:
+    ex = loaders.load_dataset_split(
+        "dapo17k", "train", source=p.source, skip_bad_rows=cfg.skip_bad_rows, reports=reports
+    )
     train, held = loaders.holdout_split(ex, p.validation_size, seed=cfg.seed)
     return _tag(train, "dapo"), _tag(held, "dapo-validation-500")
 
@@ -190,13 +200,15 @@ def _dapo_split(cfg: DataConfig, p: MathParams) -> tuple[list[Example], list[Exa
 @register_task("gsm8k")
 def _gsm8k(cfg: DataConfig) -> MathTask:
     p = _params(cfg, "gsm8k")
+    reports: list[loaders.LoadReport] = []
     return MathTask(
         "gsm8k",
         cfg,
         p,
-        train_fn=_split_loader("gsm8k", "train", cfg, p),
-        eval_fn=_split_loader("gsm8k", "test", cfg, p),
+        train_fn=_split_loader("gsm8k", "train", cfg, p, reports),
+        eval_fn=_split_loader("gsm8k", "test", cfg, p, reports),
         default_template=None,
+        load_reports=reports,
     )
 
 
@@ -204,13 +216,15 @@ def _eval_only(name: str, dataset: str) -> None:
     @register_task(name)
     def factory(cfg: DataConfig) -> MathTask:
         p = _params(cfg, name)
+        reports: list[loaders.LoadReport] = []
         return MathTask(
             name,
             cfg,
             p,
             train_fn=None,
-            eval_fn=_split_loader(dataset, "test", cfg, p),
+            eval_fn=_split_loader(dataset, "test", cfg, p, reports),
             default_template=None,
+            load_reports=reports,
         )
 
 
@@ -222,10 +236,11 @@ for _name in ("math500", "aime24", "aime25", "amc23"):
 def _dapo(cfg: DataConfig) -> MathTask:
     p = _params(cfg, "dapo")
     cache: dict[str, tuple[list[Example], list[Example]]] = {}
+    reports: list[loaders.LoadReport] = []
 
     def split() -> tuple[list[Example], list[Example]]:
         if "s" not in cache:
-            cache["s"] = _dapo_split(cfg, p)
+            cache["s"] = _dapo_split(cfg, p, reports)
         return cache["s"]
 
     return MathTask(
@@ -235,33 +250,37 @@ def _dapo(cfg: DataConfig) -> MathTask:
         train_fn=lambda: split()[0],
         eval_fn=lambda: split()[1],
         default_template="dapo",
+        load_reports=reports,
     )
 
 
 @register_task("dapo-validation-500")
 def _dapo_val(cfg: DataConfig) -> MathTask:
     p = _params(cfg, "dapo-validation-500")
+    reports: list[loaders.LoadReport] = []
     return MathTask(
         "dapo-validation-500",
         cfg,
         p,
         train_fn=None,
-        eval_fn=lambda: _dapo_split(cfg, p)[1],
+        eval_fn=lambda: _dapo_split(cfg, p, reports)[1],
         default_template="dapo",
+        load_reports=reports,
     )
 
 
 @register_task("math-suite")
 def _suite(cfg: DataConfig) -> MathTask:
     p = _params(cfg, "math-suite")
+    reports: list[loaders.LoadReport] = []
 
     def load() -> list[Example]:
-        out = list(_dapo_split(cfg, p)[1])
+        out = list(_dapo_split(cfg, p, reports)[1])
         for ds in ("aime24", "aime25", "amc23"):
-            out += _split_loader(ds, "test", cfg, p)()
+            out += _split_loader(ds, "test", cfg, p, reports)()
         return out
 
-    return MathTask("math-suite", cfg, p, train_fn=None, eval_fn=load, default_template="dapo")
+    return MathTask("math-suite", cfg, p, train_fn=None, eval_fn=load, default_template="dapo", load_reports=reports)
 
 
 @register_task("file")
@@ -270,6 +289,8 @@ def _file(cfg: DataConfig) -> MathTask:
     if not cfg.path:
         raise ConfigError("data.path: the 'file' task needs data.path (a .jsonl or .parquet file)")
     cache: dict[str, tuple[list[Example], list[Example]]] = {}
+    held: dict[str, int] = {}  # the hold-out split: eval rows taken, usable rows read
+    reports: list[loaders.LoadReport] = []
 
     def load(path: str) -> list[Example]:
         ex, report = loaders.load_file(
@@ -281,7 +302,7 @@ def _file(cfg: DataConfig) -> MathTask:
             id_prefix="",
             skip_bad_rows=cfg.skip_bad_rows,
         )
-        task.load_reports.append(report)
+        reports.append(report)
         return _tag(ex, "file")
 
     def split() -> tuple[list[Example], list[Example]]:
@@ -291,11 +312,20 @@ def _file(cfg: DataConfig) -> MathTask:
                 cache["s"] = (ex, load(p.eval_path))
             else:
                 n = p.eval_size if p.eval_size is not None else min(500, len(ex) // 10)
-                if n == 0:
-                    cache["s"] = (ex, [])
-                else:
-                    cache["s"] = loaders.holdout_split(ex, n, seed=cfg.seed)
+                cache["s"] = (ex, []) if n == 0 else loaders.holdout_split(ex, n, seed=cfg.seed)
+                held.update(n=n, rows=len(ex))
         return cache["s"]
+
+    def train_fn() -> list[Example]:
+        train = split()[0]
+        if not train and held:
+            raise DataError(
+                f"{cfg.path}: no training examples left: {held['n']} of its {held['rows']} usable rows are held out for "
+                "evaluation (data.params.eval_size) and every other row repeats a held-out question (a row "
+                "whose question equals a held-out one never trains); set data.params.eval_path to a "
+                "separate eval file, or a smaller data.params.eval_size"
+            )
+        return train
 
     def eval_fn() -> list[Example]:
         ev = split()[1]
@@ -306,6 +336,4 @@ def _file(cfg: DataConfig) -> MathTask:
             )
         return ev
 
-    task = MathTask("file", cfg, p, train_fn=lambda: split()[0], eval_fn=eval_fn, default_template=None)
-    task.load_reports: list[loaders.LoadReport] = []  # type: ignore[misc]
-    return task
+    return MathTask("file", cfg, p, train_fn=train_fn, eval_fn=eval_fn, default_template=None, load_reports=reports)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -62,7 +62,13 @@ class DataConfig(BaseModel):
         template: prompt template name ("plain", "r1", "dapo", "chat"); None = the task's default.
         max_train / max_eval: keep the first N examples (after the task's own fixed-seed shuffle).
         seed: seed of the task's generator (synthetic tasks) or split (held-out sets).
-        skip_bad_rows: count and skip malformed rows instead of failing on the first one.
+        skip_bad_rows: count and skip malformed rows instead of failing on the first one (the count
+            is printed and written to the run directory's run_info.json).
+        max_prompt_tokens: the longest rendered prompt (template applied) in tokens; null = what the
+            model's context leaves after `rollout.max_new_tokens` (`eval.max_new_tokens` for evaluation).
+            Checked before any work, by `rlentropy.data.lengths.check_prompt_lengths`.
+        over_long: what a longer prompt does: "error" (one line naming file:line) or "skip" (dropped;
+            the count is printed and written to run_info.json).
         params: task-specific options, validated by the task factory (errors name data.params.<key>).
     """
 
@@ -76,6 +82,8 @@ class DataConfig(BaseModel):
     max_eval: int | None = Field(default=None, ge=1)
     seed: int = 0
     skip_bad_rows: bool = False
+    max_prompt_tokens: int | None = Field(default=None, ge=1)
+    over_long: Literal["error", "skip"] = "error"
     params: dict[str, Any] = Field(default_factory=dict)
 
 

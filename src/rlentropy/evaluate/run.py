@@ -24,16 +24,20 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rlentropy.data import DataConfig, build_task
+from rlentropy.data.lengths import WithEvalExamples, check_prompt_lengths, prompt_token_limit
 from rlentropy.errors import ConfigError, UserError
 from rlentropy.evaluate.core import evaluate_model
-from rlentropy.models.loading import load_policy
-from rlentropy.runs.checkpoints import list_checkpoints
+from rlentropy.models.loading import load_policy, load_tokenizer
+from rlentropy.runs.checkpoints import checkpoint_problem, scan_checkpoints
 from rlentropy.runs.config import config_from_dict, read_yaml
 
 # Defaults of the Clip_B / Clip_V recipes (ALGORITHMS.md): T = 0.7, 32 samples on real data; fewer on
@@ -45,8 +49,6 @@ DEFAULT_N_SYNTHETIC = 8
 
 SETTING_KEYS = ("task", "dataset", "n", "temperature", "top_p", "max_new_tokens", "max_prompts", "seed")
 _STEP_RE = re.compile(r"^step_(\d+)$")
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-_ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -193,14 +195,17 @@ def _is_run_dir(path: Path) -> bool:
     return (path / "config.yaml").is_file()
 
 
-def resolve_target(target: Path | str) -> tuple[Path, list[tuple[int, Path | None]]]:
-    """(run directory, [(step, checkpoint dir)]) for a run directory or one of its checkpoints.
+def resolve_target(target: Path | str) -> tuple[Path, list[tuple[int, Path | None]], list[tuple[int, Path, str]]]:
+    """(run directory, [(step, checkpoint dir)], [(step, broken checkpoint dir, problem)]) for a run
+    directory or one of its checkpoints.
 
-    A run directory yields every complete checkpoint (``None`` as the directory means the base model,
-    added by `evaluate_run`). A checkpoint directory yields just itself.
+    A run directory yields every checkpoint with its weights (``None`` as the directory means the base
+    model, added by `evaluate_run`) and, apart, the broken ones (a prune or a copy interrupted half-way:
+    weights or config missing), which are skipped. A checkpoint directory yields just itself, and is an
+    error when broken.
 
     Raises:
-        UserError: the path does not exist, is not a run / checkpoint directory, or the run has no
+        UserError: the path does not exist, is not a run / checkpoint directory, or is a broken
             checkpoint.
     """
     p = Path(target)
@@ -210,10 +215,18 @@ def resolve_target(target: Path | str) -> tuple[Path, list[tuple[int, Path | Non
         raise UserError(f"{p}: not a run directory or checkpoint directory")
     m = _STEP_RE.match(p.name)
     if m and p.parent.name == "checkpoints" and _is_run_dir(p.parent.parent):
-        return p.parent.parent, [(int(m.group(1)), p)]
+        check_checkpoint_files(p)
+        return p.parent.parent, [(int(m.group(1)), p)], []
     if _is_run_dir(p):
-        ckpts = [(s, d) for s, d in list_checkpoints(p)]
-        return p, ckpts
+        complete, broken = scan_checkpoints(p)
+        evaluable: list[tuple[int, Path | None]] = list(complete)
+        skipped = []
+        for step, ck, problem in broken:
+            if checkpoint_problem(ck, need_state=False) is None:  # weights intact, only the trainer state gone
+                evaluable.append((step, ck))
+            else:
+                skipped.append((step, ck, problem))
+        return p, sorted(evaluable, key=lambda sc: sc[0]), skipped
     if m:
         raise UserError(f"{p}: a checkpoint directory must live in <run>/checkpoints/ next to <run>/config.yaml")
     raise UserError(f"{p}: not a run directory (no config.yaml) or checkpoint directory (checkpoints/step_N)")
@@ -221,14 +234,9 @@ def resolve_target(target: Path | str) -> tuple[Path, list[tuple[int, Path | Non
 
 def check_checkpoint_files(ckpt: Path) -> None:
     """Raise a UserError naming the missing file when a checkpoint lacks its weights."""
-    if (ckpt / "adapter_config.json").is_file():
-        if not any((ckpt / f).is_file() for f in _ADAPTER_FILES):
-            raise UserError(f"{ckpt}: missing checkpoint file {ckpt / _ADAPTER_FILES[0]} (LoRA adapter weights)")
-        return
-    if not (ckpt / "config.json").is_file():
-        raise UserError(f"{ckpt}: missing checkpoint file {ckpt / 'config.json'} (not an HF model or adapter)")
-    if not any((ckpt / f).is_file() for f in _WEIGHT_FILES):
-        raise UserError(f"{ckpt}: missing checkpoint file {ckpt / _WEIGHT_FILES[0]} (model weights)")
+    problem = checkpoint_problem(ckpt, need_state=False)
+    if problem is not None:
+        raise UserError(f"{ckpt}: {problem}")
 
 
 def dataset_label(dataset: str) -> str:
@@ -297,6 +305,8 @@ def evaluate_run(
     include_base: bool = True,
     progress: bool = False,
     log: Callable[[str], None] = print,
+    warn: Callable[[str], None] | None = None,
+    threads: int | str | None = None,
 ) -> Path:
     """Evaluate a checkpoint or every checkpoint of a run; write eval/ files; return the eval dir.
 
@@ -314,20 +324,25 @@ def evaluate_run(
         include_base: with a run directory, also evaluate the base model as step 0.
         progress: rich progress bar per checkpoint.
         log: where one line per checkpoint goes.
+        warn: where skipped (broken) checkpoints and skipped over-long prompts are named (default: log).
+        threads: torch threads, a number or "auto" (default: the run's ``train.threads``); restored after.
+
+    Prompts longer than the run's ``data.max_prompt_tokens`` (default: the model's context less
+    ``max_new_tokens``) fail or are skipped as ``data.over_long`` says, before any checkpoint is loaded.
 
     Raises:
         UserError: bad target, missing checkpoint files, bad settings.
     """
-    run_dir, ckpts = resolve_target(target)
+    run_dir, ckpts, broken = resolve_target(target)
     is_run = Path(target).resolve() == run_dir.resolve()
     cfg = config_from_dict(read_yaml(run_dir / "config.yaml"))
+    warn = warn or log
+    for step, _ck, problem in broken:
+        warn(f"step_{step}: skipped, broken checkpoint ({problem})")
     if is_run and include_base and not any(s == 0 for s, _ in ckpts):
         ckpts = [(0, None), *ckpts]
     if not ckpts:
         raise UserError(f"{run_dir}: no complete checkpoint under {run_dir / 'checkpoints'} to evaluate")
-    for _, ck in ckpts:
-        if ck is not None:
-            check_checkpoint_files(ck)
 
     task = build_eval_task(cfg, dataset)
     synthetic = _is_synthetic(task)
@@ -356,7 +371,62 @@ def evaluate_run(
             raise UserError(f"--{key.replace('_', '-')}: must be {need}, got {settings[key]!r}")
     device = _resolve_device(cfg.train.device)
     bsz = batch_size if batch_size is not None else cfg.rollout.batch_size
+    task = _fitting_prompts(cfg, task, ckpts[-1][1], settings["max_new_tokens"], warn)
+    before = torch.get_num_threads()
+    try:
+        _set_eval_threads(threads if threads is not None else cfg.train.threads, device)
+        _evaluate_checkpoints(run_dir, cfg, task, ckpts, settings, subdir, device, bsz, force, progress, log)
+    finally:
+        torch.set_num_threads(before)
+    write_metrics_csv(run_dir, subdir)
+    return eval_root(run_dir, subdir)
 
+
+def _set_eval_threads(setting: int | str, device: Any) -> None:
+    """`--threads` / train.threads: a number, or "auto" = 1 on CPU (as the trainer), torch's own on a GPU."""
+    if setting == "auto":
+        if device.type == "cpu":
+            torch.set_num_threads(1)
+        return
+    try:
+        n = int(setting)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise UserError(f"--threads: must be a number >= 1 or auto, got {setting!r}")
+    torch.set_num_threads(n)
+
+
+def _fitting_prompts(cfg: Any, task: Any, ckpt: Path | None, max_new_tokens: int, warn: Callable[[str], None]) -> Any:
+    """The task with its eval prompts checked against the prompt limit (data.over_long: error or skip)."""
+    tokenizer, context = load_tokenizer(cfg.model, checkpoint=ckpt)
+    limit = prompt_token_limit(cfg.data, context=context, max_new_tokens=max_new_tokens)
+    kept, report = check_prompt_lengths(
+        task.eval_examples(), task, tokenizer, limit=limit, policy=cfg.data.over_long, split="eval"
+    )
+    if report.skipped:
+        warn(
+            f"skipped {report.skipped} of {report.checked} eval prompts longer than {limit} tokens "
+            f"(data.over_long=skip); the first: {report.examples[0]}"
+        )
+    if not kept:
+        raise UserError(f"every eval prompt is longer than {limit} tokens ({report.skipped} skipped)")
+    return WithEvalExamples(task, kept)
+
+
+def _evaluate_checkpoints(
+    run_dir: Path,
+    cfg: Any,
+    task: Any,
+    ckpts: list[tuple[int, Path | None]],
+    settings: dict[str, Any],
+    subdir: str | None,
+    device: Any,
+    bsz: int | None,
+    force: bool,
+    progress: bool,
+    log: Callable[[str], None],
+) -> None:
     for step, ck in ckpts:
         prev = read_eval_result(run_dir, step, subdir)
         if prev is not None and not force:
@@ -397,8 +467,13 @@ def evaluate_run(
             f"maj@{n_}={metrics[f'maj@{n_}']:.4f} entropy={metrics['entropy']:.4f} "
             f"len={metrics['response_len']:.1f} ({time.perf_counter() - t0:.1f} s)"
         )
-    write_metrics_csv(run_dir, subdir)
-    return eval_root(run_dir, subdir)
+
+
+def _threads_arg(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"--threads: must be a number >= 1 or auto, got {value!r}") from None
 
 
 def eval_command(
@@ -414,6 +489,7 @@ def eval_command(
     include_base: bool = True,
     seed: int = 0,
     batch_size: int | None = None,
+    threads: str | None = None,
 ) -> None:
     """CLI body of `rlentropy eval`."""
     from transformers.utils import logging as hf_logging
@@ -433,6 +509,8 @@ def eval_command(
         include_base=include_base,
         progress=not quiet,
         log=(lambda _msg: None) if quiet else print,
+        warn=lambda msg: print(msg, file=sys.stderr),
+        threads=threads if threads in (None, "auto") else _threads_arg(threads),
     )
     if not quiet:
         print(f"results in {out} (metrics.csv)")

@@ -131,6 +131,12 @@ def resolve_model_source(path: str | None, *, allow_download: bool = False) -> t
         if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
             raise ConfigError(f"model.path: {path!r} is a directory without config.json (not an HF model)")
         return "local", str(p)
+    if p.exists():
+        what = "a file" if p.is_file() else "not a directory"
+        raise ConfigError(
+            f"model.path: {path!r} is {what}, not a model directory (expected a local HF model directory "
+            "with config.json, a .gguf file, 'tiny', or a cached hub name)"
+        )
     if looks_local:
         raise ConfigError(
             f"model.path: {path!r} does not exist (expected a local HF model directory, "
@@ -204,6 +210,54 @@ def _load_base(
     except OSError as err:
         raise ConfigError(f"model.tokenizer: cannot load a tokenizer from {tok_src!r}") from err
     return model, tokenizer, f"{kind}:{src}", location
+
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def context_length(config: Any) -> int | None:
+    """The longest sequence (prompt + response, in tokens) a model config declares, or None."""
+    if config is None:
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in CONTEXT_KEYS:
+        value = getattr(text, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def load_tokenizer(cfg: ModelConfig, *, checkpoint: str | Path | None = None) -> tuple[Any, int | None]:
+    """(tokenizer, context length) of the policy `cfg` (and `checkpoint`) describes, without its weights.
+
+    Cheap next to `load_policy`: the tokenizer files and config.json only (a GGUF is converted to its
+    cached HF copy first, which `load_policy` would do anyway). The context is None when the config
+    declares none.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    kind, location = resolve_model_source(cfg.path, allow_download=cfg.allow_download)
+    if kind == "shipped":
+        from rlentropy.models.tiny import shipped_policy_path
+
+        location = str(shipped_policy_path())
+    elif kind == "gguf":
+        from rlentropy.models.gguf import cached_gguf_dir
+
+        location = str(cached_gguf_dir(location))
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    local_only = not (kind == "hub" and cfg.allow_download)
+    tok_src = cfg.tokenizer or (str(ckpt) if ckpt and (ckpt / "tokenizer_config.json").exists() else location)
+    conf_src = str(ckpt) if ckpt and (ckpt / "config.json").is_file() else location
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tok_src, local_files_only=local_only)
+    except OSError as err:
+        raise ConfigError(f"model.tokenizer: cannot load a tokenizer from {tok_src!r}") from err
+    try:
+        config = AutoConfig.from_pretrained(conf_src, local_files_only=local_only)
+    except (OSError, ValueError):
+        config = None
+    return tokenizer, context_length(config)
 
 
 def _apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:

@@ -256,6 +256,9 @@ class TrainConfig(_Section):
         device: "auto" (GPU when present), "cpu" or "cuda". stats_batch_size: sequences per no-grad
             statistics forward (null = micro_batch_size or all).
         max_nonfinite: consecutive non-finite updates tolerated before stopping (TrainingError).
+        threads: torch intra-op threads of each process: a number, or "auto" = 1 on CPU (measured: on
+            small models a second thread mostly waits, and beside any other busy process a step took 17x
+            longer; docs/training.md, "Threads") and torch's own default on a GPU. Logged in run_info.json.
         fuse_old_stats: when nothing reads the old-policy statistics before the loss (control "none",
             no whole-batch Clip-Cov / KL-Cov selection, no probe this step, no dropout), the rows of
             the first mini-batch take them from their own update forward (detached; the weights have
@@ -278,8 +281,16 @@ class TrainConfig(_Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_nonfinite: int = Field(default=3, ge=1)
+    threads: int | Literal["auto"] = "auto"
     fuse_old_stats: bool = True
     distributed: Literal["ddp", "fsdp"] = "ddp"
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError(f"must be an integer >= 1 or 'auto', got {v!r}")
 
 
 class CheckpointConfig(_Section):
@@ -508,6 +519,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing file or a non-mapping top level is a ConfigError."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {str(p)!r} is a directory, not a YAML file (e.g. configs/demo_countdown.yaml)")
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
     try:
@@ -516,8 +529,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"config file {str(p)!r}{where}: invalid YAML") from err
-    if data is None:
-        return {}
+    if data is None or data == {}:
+        raise ConfigError(
+            f"config file {str(p)!r} is empty: it needs at least the sections model, data and train "
+            "(see configs/demo_countdown.yaml)"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(p)!r}: the top level must be a mapping of sections")
     return data

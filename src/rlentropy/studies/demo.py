@@ -7,18 +7,18 @@ parameters from the config's `demo.methods`), evaluate the starting policy and e
 directory, `<out>/summary.md` (printed too) and `<out>/report.html`. The summary reports, per run, how
 well the probes' predicted entropy change matched the measured one across the probed steps.
 
-Runs go two at a time in worker processes with one intra-op thread each: on tiny models that is
-about twice as fast on two cores as one run with two threads (`RLENTROPY_DEMO_WORKERS` overrides).
+Runs go two at a time in worker processes with `train.threads` intra-op threads each ("auto": one on
+CPU): on tiny models that is about twice as fast on two cores as one run with two threads
+(`RLENTROPY_DEMO_WORKERS` overrides). A run the demo finished is not trained again; a run a kill
+interrupted resumes from its newest checkpoint (the demo config checkpoints every 10 steps).
 `--study quadrants` runs the theorem study of `rlentropy.studies.quadrants` instead.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import os
-import shutil
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -26,26 +26,19 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rlentropy.algorithms import CONTROLS, POLICY_LOSSES
-from rlentropy.data import build_task
-from rlentropy.dynamics import prediction_agreement
 from rlentropy.errors import ConfigError
-from rlentropy.evaluate import evaluate_model
-from rlentropy.evaluate.run import eval_settings, read_eval_result, save_eval_result
-from rlentropy.models.loading import load_policy
+from rlentropy.evaluate.run import save_eval_result
 from rlentropy.report.html import write_report
-from rlentropy.runs.config import dump_config, load_config, parse_override
+from rlentropy.runs.config import load_config, parse_override
+from rlentropy.studies.jobs import base_job, run_job
 from rlentropy.studies.quadrants import run_quadrant_study
 from rlentropy.studies.study import run_study
-from rlentropy.train.run import run_training
 
 DEMO_CONFIG = "demo_countdown.yaml"
-EVAL_SEED = 1234
-"""Sampling seed of every demo evaluation (base and final policies: the same prompts and seed)."""
 # The method switches with library (upstream) defaults; the demo config's `demo.methods` replaces them.
 METHODS: dict[str, list[str]] = {
     "grpo": [],
@@ -75,135 +68,19 @@ def method_overrides(cfg: Any) -> dict[str, list[str]]:
     )
 
 
-def _finished(run_dir: Path, cfg: Any) -> bool:
-    """True when run_dir holds this exact config's finished run (same resolved config, every step)."""
-    metrics = run_dir / "metrics.jsonl"
-    summary = run_dir / "demo_result.json"
-    config = run_dir / "config.yaml"
-    if not (metrics.is_file() and summary.is_file() and config.is_file()):
-        return False
-    if config.read_text(encoding="utf-8") != dump_config(cfg):
-        return False
-    lines = metrics.read_text(encoding="utf-8").splitlines()
-    return bool(lines) and json.loads(lines[-1]).get("step") == cfg.train.steps
-
-
-def _controlled(h: dict[str, Any]) -> float:
-    """Fraction of the step's response tokens whose loss term the control changed.
-
-    Clip-Cov / KL-Cov: the selected tokens. Clip_B / Clip_V: the removed tokens with a non-zero
-    advantage (Clip_V also removes failing A = 0 tokens, upstream, which carry no policy gradient).
-    """
-    if "control/frac_selected" in h:
-        return float(h["control/frac_selected"] or 0.0)
-    return float(h.get("control/frac_removed_active", h.get("control/frac_controlled", 0.0)) or 0.0)
-
-
-def _summarise_run(history: list[dict[str, Any]], eval_metrics: dict[str, Any], n: int) -> dict[str, Any]:
-    ent = [h["entropy/mean"] for h in history]
-    rew = [h["reward/mean"] for h in history]
-    tail = max(1, len(history) // 5)
-    agree = prediction_agreement(history)
-    return {
-        "entropy_first": ent[0],
-        "entropy_final": ent[-1],
-        "entropy_min": min(ent),
-        "reward_first20": statistics.fmean(rew[:tail]),
-        "reward_final": statistics.fmean(rew[-tail:]),
-        "frac_controlled": statistics.fmean(_controlled(h) for h in history),
-        "frac_removed_all": statistics.fmean(float(h.get("control/frac_removed", 0.0) or 0.0) for h in history),
-        "pass@1": eval_metrics.get("pass@1", math.nan),
-        f"pass@{n}": eval_metrics.get(f"pass@{n}", math.nan),
-        "eval_entropy": eval_metrics.get("entropy", math.nan),
-        "probe_n": int(agree["n"]),
-        "probe_corr": agree["corr"],
-        "probe_sign_agree": agree["sign_agree"],
-        "probe_median_ratio": agree["median_ratio"],
-        "steps": len(history),
-        "wall_s": history[-1].get("wall_time", math.nan),
-    }
-
-
-def _evaluate(model: Any, tokenizer: Any, cfg: Any) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
-    """(metrics, samples, settings) of the demo evaluation of `model` (the config's `eval:`, EVAL_SEED)."""
-    task = build_task(cfg.data, for_eval=True)
-    st = eval_settings(cfg, task, seed=EVAL_SEED)
-    m, samples = evaluate_model(
-        model,
-        tokenizer,
-        task,
-        n=st["n"],
-        temperature=st["temperature"],
-        top_p=st["top_p"],
-        max_new_tokens=st["max_new_tokens"],
-        max_prompts=st["max_prompts"],
-        seed=st["seed"],
-        batch_size=cfg.rollout.batch_size,
-    )
-    return m, samples, st
-
-
 def _run_one(job: dict[str, Any]) -> dict[str, Any]:
-    """Train + evaluate one (method, seed) in this process. Returns its summary row."""
-    torch.set_num_threads(job["threads"])
-
-    run_dir = Path(job["run_dir"])
-    cfg = load_config(job["config"], job["overrides"])
-    if _finished(run_dir, cfg):
-        return json.loads((run_dir / "demo_result.json").read_text())
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    t0 = time.perf_counter()
-    trainer = run_training(cfg, quiet=True)
-    eval_metrics, samples, settings = _evaluate(trainer.model, trainer.tokenizer, cfg)
-    ckpt = run_dir / "checkpoints" / f"step_{trainer.step}"
-    save_eval_result(
-        run_dir,
-        trainer.step,
-        eval_metrics,
-        samples,
-        settings=settings,
-        checkpoint=str(ckpt) if ckpt.is_dir() else f"in-training step {trainer.step}",
-    )
-    row = {
-        "method": job["method"],
-        "seed": job["seed"],
-        "run_dir": str(run_dir),
-        **_summarise_run(trainer.history, eval_metrics, cfg.eval.n),
-        "total_s": time.perf_counter() - t0,
-    }
-    (run_dir / "demo_result.json").write_text(json.dumps(row, indent=1))
-    return row
+    """Train + evaluate one (method, seed) in this process (`rlentropy.studies.jobs.run_job`, the demo's
+    summary). A run the demo finished before is not trained again; one a kill interrupted resumes."""
+    return run_job({**job, "kind": "demo"})
 
 
 def _base_row(job: dict[str, Any]) -> dict[str, Any]:
-    """Eval of the starting policy (the same eval settings), for reference.
+    """Eval of the starting policy (the same eval settings), for reference: the summary row with the
+    "metrics", "samples" and "settings" the demo saves as eval/step_0 of every run (cached in
+    `<out>/base/` for a rerun with the same settings and model)."""
+    base = base_job(job)
+    m, n = base["metrics"], load_config(job["config"], job["overrides"]).eval.n
 
-    Returns the summary row with "metrics", "samples" and "settings" of the evaluation, which the
-    demo saves as eval/step_0 of every run. `<out>/base/` caches it for a rerun with the same
-    settings and model.
-    """
-    torch.set_num_threads(job["threads"])
-
-    cfg = load_config(job["config"], job["overrides"])
-    cache = Path(job["out"]) / "base"
-    source = f"base:{cfg.model.path or 'tiny'}"
-    prev = read_eval_result(cache, 0)
-    if prev is not None and prev.get("checkpoint") == source:
-        if prev.get("settings") == eval_settings(cfg, build_task(cfg.data, for_eval=True), seed=EVAL_SEED):
-            with gzip.open(cache / "eval" / "step_0" / "samples.jsonl.gz", "rt", encoding="utf-8") as fh:
-                samples = [json.loads(line) for line in fh if line.strip()]
-            m = {k: v for k, v in prev.items() if k not in ("step", "checkpoint", "settings")}
-            return _base_summary(m, samples, prev["settings"], cfg.eval.n, source)
-    loaded = load_policy(cfg.model)
-    m, samples, settings = _evaluate(loaded.model, loaded.tokenizer, cfg)
-    save_eval_result(cache, 0, m, samples, settings=settings, checkpoint=source)
-    return _base_summary(m, samples, settings, cfg.eval.n, source)
-
-
-def _base_summary(
-    m: dict[str, Any], samples: list[dict[str, Any]], settings: dict[str, Any], n: int, source: str
-) -> dict[str, Any]:
     def num(key: str) -> float:
         v = m.get(key)
         return math.nan if v is None else float(v)
@@ -214,10 +91,7 @@ def _base_summary(
         "pass@1": num("pass@1"),
         f"pass@{n}": num(f"pass@{n}"),
         "eval_entropy": num("entropy"),
-        "metrics": m,
-        "samples": samples,
-        "settings": settings,
-        "source": source,
+        **base,
     }
 
 
@@ -269,7 +143,7 @@ def summary_markdown(
     """The summary: setting, method parameters, the table (and, with several seeds, mean ± std per method).
 
     Args:
-        rows: one dict per (method, seed) from `_summarise_run` plus "method", "seed".
+        rows: one dict per (method, seed) from `jobs.summarise_demo_run` plus "method", "seed".
         base: the base policy's row (or None). n: eval samples per prompt. steps: steps per run.
         seeds: seeds per method. setting: one line describing the shared training setting.
         rule: how the method parameters were chosen (the config's `demo.rule`).
@@ -439,7 +313,6 @@ def run_demo(
         load_config(config, [*extra, *table[m]])
     out.mkdir(parents=True, exist_ok=True)
     workers = workers or int(os.environ.get("RLENTROPY_DEMO_WORKERS", "0")) or max(1, min(2, os.cpu_count() or 1))
-    threads = 1 if workers > 1 else torch.get_num_threads()
     jobs = []
     for seed in range(seeds):
         for m in chosen:
@@ -450,11 +323,10 @@ def run_demo(
                     "seed": seed,
                     "run_dir": str(run_dir),
                     "config": str(config),
-                    "threads": threads,
                     "overrides": [*extra, *table[m], f"train.seed={seed}", f"run_dir={run_dir}", f"name={m}-s{seed}"],
                 }
             )
-    base_job = {"config": str(config), "overrides": extra, "out": str(out), "threads": threads}
+    base_job = {"config": str(config), "overrides": extra, "out": str(out)}
     console.print(
         f"[bold]rlentropy demo[/]: {len(jobs)} runs × {cfg.train.steps} steps on {cfg.data.task} "
         f"({workers} worker{'s' if workers > 1 else ''}) → {out}"

@@ -3,11 +3,11 @@
 A job is a plain dict (it crosses a process boundary): the config file, the overrides that make it
 this method and seed, its run directory, torch threads. `run_job(job)`:
 
-* a run whose `study_result.json` matches its resolved config is finished: its row is returned, nothing
-  reruns;
-* a run with a complete checkpoint resumes from it (`--resume` semantics: exact continuation);
-* otherwise (never started, or killed before its first checkpoint) the directory is cleared and the
-  run starts from step 0;
+* a run whose `study_result.json` (`demo_result.json` for the demo) belongs to its resolved config is
+  finished: its row is returned, nothing reruns;
+* otherwise `rlentropy.studies.runs.train_to_end` brings it to its last step: resumed from its newest
+  checkpoint (exact continuation), started again when it has none, or — trained to the end but not
+  evaluated — only evaluated, from its final checkpoint;
 
 then the final policy is evaluated on the eval split (the config's `eval:` settings, `EVAL_SEED`) and
 saved as `eval/step_<N>`, and the summary row is written to `study_result.json`.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -32,8 +31,9 @@ from rlentropy.evaluate import evaluate_model
 from rlentropy.evaluate.run import eval_settings, read_eval_result, save_eval_result
 from rlentropy.models.loading import load_policy
 from rlentropy.runs.checkpoints import latest_checkpoint
-from rlentropy.runs.config import dump_config, load_config
-from rlentropy.train.run import run_training
+from rlentropy.runs.config import load_config
+from rlentropy.studies.runs import read_history, same_config, train_to_end
+from rlentropy.train.state import set_threads
 
 EVAL_SEED = 1234
 """Sampling seed of every study evaluation (base and final policies: the same prompts and seed)."""
@@ -111,58 +111,93 @@ def _controlled(h: dict[str, Any]) -> float:
     return float(h.get("control/frac_removed_active", h.get("control/frac_controlled", 0.0)) or 0.0)
 
 
-def _finished(run_dir: Path, cfg: Any) -> dict[str, Any] | None:
-    res, config = run_dir / RESULT, run_dir / "config.yaml"
-    if not (res.is_file() and config.is_file()) or config.read_text(encoding="utf-8") != dump_config(cfg):
+def summarise_demo_run(history: list[dict[str, Any]], eval_metrics: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    """The demo's per-run figures (its summary.md table: the entropy of the last step, as printed since
+    the first release)."""
+    n = cfg.eval.n
+    ent = [h["entropy/mean"] for h in history]
+    rew = [h["reward/mean"] for h in history]
+    tail = max(1, len(history) // 5)
+    agree = prediction_agreement(history)
+    return {
+        "entropy_first": ent[0],
+        "entropy_final": ent[-1],
+        "entropy_min": min(ent),
+        "reward_first20": statistics.fmean(rew[:tail]),
+        "reward_final": statistics.fmean(rew[-tail:]),
+        "frac_controlled": statistics.fmean(_controlled(h) for h in history),
+        "frac_removed_all": statistics.fmean(float(h.get("control/frac_removed", 0.0) or 0.0) for h in history),
+        "pass@1": eval_metrics.get("pass@1", math.nan),
+        f"pass@{n}": eval_metrics.get(f"pass@{n}", math.nan),
+        "eval_entropy": eval_metrics.get("entropy", math.nan),
+        "probe_n": int(agree["n"]),
+        "probe_corr": agree["corr"],
+        "probe_sign_agree": agree["sign_agree"],
+        "probe_median_ratio": agree["median_ratio"],
+        "steps": len(history),
+        "wall_s": history[-1].get("wall_time", math.nan),
+    }
+
+
+SUMMARIES = {"study": summarise_run, "demo": summarise_demo_run}
+"""Job kind → its per-run summary; the row is saved as `<kind>_result.json` in the run directory."""
+
+
+def _finished(run_dir: Path, cfg: Any, result: str) -> dict[str, Any] | None:
+    """The saved row of this config's finished and evaluated run, else None."""
+    path = run_dir / result
+    if not path.is_file() or not same_config(run_dir, cfg):
         return None
-    return json.loads(res.read_text(encoding="utf-8"))
+    history = read_history(run_dir)
+    if not history or history[-1].get("step") != cfg.train.steps:
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Train (or resume, or skip) + evaluate one (method, seed); returns its summary row."""
-    torch.set_num_threads(int(job["threads"]))
+    """Train (or resume, or skip) + evaluate one (method, seed); returns its summary row.
+
+    `job["kind"]` ("study" by default, or "demo") picks the summary and the result file.
+    """
+    kind = job.get("kind", "study")
+    result = f"{kind}_result.json"
     run_dir = Path(job["run_dir"])
     cfg = load_config(job["config"], job["overrides"])
-    done = _finished(run_dir, cfg)
+    done = _finished(run_dir, cfg, result)
     if done is not None:
         return done
+    set_threads(cfg.train.threads, torch.device("cpu"))
     t0 = time.perf_counter()
-    resume = latest_checkpoint(run_dir) is not None and (run_dir / "config.yaml").is_file()
-    if not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
-    trainer = run_training(cfg, resume=resume, quiet=True)
-    history = _history(run_dir)
-    eval_metrics, samples, settings = evaluate_policy(trainer.model, trainer.tokenizer, cfg)
-    ckpt = run_dir / "checkpoints" / f"step_{trainer.step}"
+    trainer = train_to_end(cfg, quiet=True)
+    if trainer is not None:
+        model, tokenizer, step, resumed = trainer.model, trainer.tokenizer, trainer.step, trainer.resume
+    else:  # trained to the end before, stopped before its evaluation
+        step, path = latest_checkpoint(run_dir)
+        loaded = load_policy(cfg.model, checkpoint=path)
+        model, tokenizer, resumed = loaded.model, loaded.tokenizer, True
+    eval_metrics, samples, settings = evaluate_policy(model, tokenizer, cfg)
+    ckpt = run_dir / "checkpoints" / f"step_{step}"
     save_eval_result(
         run_dir,
-        trainer.step,
+        step,
         eval_metrics,
         samples,
         settings=settings,
-        checkpoint=str(ckpt) if ckpt.is_dir() else f"in-training step {trainer.step}",
+        checkpoint=str(ckpt) if ckpt.is_dir() else f"in-training step {step}",
     )
     row = {
         "method": job["method"],
         "seed": job["seed"],
         "run_dir": str(run_dir),
-        **summarise_run(history, eval_metrics, cfg),
+        **SUMMARIES[kind](read_history(run_dir), eval_metrics, cfg),
         "total_s": time.perf_counter() - t0,
-        "resumed": resume,
     }
-    tmp = run_dir / f"{RESULT}.tmp"
+    if kind == "study":
+        row["resumed"] = bool(resumed)
+    tmp = run_dir / f"{result}.tmp"
     tmp.write_text(json.dumps(row, indent=1), encoding="utf-8")
-    tmp.replace(run_dir / RESULT)
+    tmp.replace(run_dir / result)
     return row
-
-
-def _history(run_dir: Path) -> list[dict[str, Any]]:
-    """Every step's metrics from metrics.jsonl (a resumed run's trainer only holds the steps it ran)."""
-    rows = []
-    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            rows.append({k: (math.nan if v is None else v) for k, v in json.loads(line).items()})
-    return rows
 
 
 def base_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -170,8 +205,8 @@ def base_job(job: dict[str, Any]) -> dict[str, Any]:
 
     Returns {"metrics", "samples", "settings", "source"}; the study saves it as eval/step_0 of every run.
     """
-    torch.set_num_threads(int(job["threads"]))
     cfg = load_config(job["config"], job["overrides"])
+    set_threads(cfg.train.threads, torch.device("cpu"))
     cache = Path(job["out"]) / "base"
     source = f"base:{cfg.model.path or 'tiny'}"
     prev = read_eval_result(cache, 0)

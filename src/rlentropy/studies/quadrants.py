@@ -20,6 +20,7 @@ from typing import Any
 from rlentropy.dynamics import QUADRANTS, THEOREM_SIGN, prediction_agreement
 from rlentropy.errors import ConfigError
 from rlentropy.runs.config import config_from_dict
+from rlentropy.studies.runs import read_history, train_to_end
 from rlentropy.train.run import run_training
 
 __all__ = ["ARMS", "quadrant_study_config", "run_quadrant_study", "summarise_quadrant_study"]
@@ -70,7 +71,7 @@ def quadrant_study_config(
             "seed": seed,
             "device": "cpu",
         },
-        "checkpoint": {"every": 0, "save_final": False},
+        "checkpoint": {"every": 0, "save_final": True, "keep_last": 1},  # the final one marks a finished arm
         "logging": {"tensorboard": False},
         "probes": {
             "every": 1,
@@ -224,8 +225,9 @@ def run_quadrant_study(
         steps: training steps per run.
         base: config sections merged over the study's defaults (see `quadrant_study_config`).
         arms: the arms to run (default all five).
-        train_fn: `fn(cfg: RunConfig, quiet=...) -> trainer with .history`; default
-            `rlentropy.train.run.run_training`.
+        train_fn: `fn(cfg: RunConfig, resume=..., quiet=...) -> trainer`; default
+            `rlentropy.train.run.run_training`. An arm whose run directory holds its finished run is not
+            trained again; an interrupted one resumes (`rlentropy.studies.runs.train_to_end`).
 
     Returns:
         The path of summary.md (summary.json beside it holds {"arms": {arm: row}, "runs": [...]}).
@@ -244,8 +246,8 @@ def run_quadrant_study(
             )
             if not quiet:
                 print(f"[quadrants] seed {seed} arm {arm}: {steps} steps", flush=True)
-            trainer = train_fn(cfg, quiet=quiet)
-            rec = _arm_record(arm, seed, list(trainer.history))
+            train_to_end(cfg, quiet=quiet, train_fn=train_fn)
+            rec = _arm_record(arm, seed, read_history(cfg.resolved_run_dir()))
             records.append(rec)
             if not quiet:
                 print(

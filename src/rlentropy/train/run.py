@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rlentropy.errors import ConfigError
+from rlentropy.errors import ConfigError, find_disk_full
 from rlentropy.runs.config import RunConfig, apply_overrides, config_from_dict, load_config, read_yaml
 from rlentropy.train.trainer import StepHook, Trainer
 
@@ -23,13 +23,27 @@ def resume_config(run_dir: str | Path, overrides: list[str]) -> RunConfig:
 def run_training(
     cfg: RunConfig, *, resume: bool = False, quiet: bool = True, step_hook: StepHook | None = None
 ) -> Trainer:
-    """Set up, train and clean up; returns the trainer (its `history` holds every step's metrics)."""
+    """Set up, train and clean up; returns the trainer (its `history` holds every step's metrics).
+
+    Raises:
+        Interrupted: Ctrl-C (the message says after which step, which checkpoint, how to resume).
+        DiskFullError: a full disk; the message names the path that failed, the last good checkpoint
+            and the command that resumes. Nothing written before is damaged.
+    """
     trainer = Trainer(cfg, resume=resume, quiet=quiet, step_hook=step_hook)
     try:
-        trainer.setup()
-        trainer.train()
-    finally:
+        try:
+            trainer.setup()
+            trainer.train()
+        except BaseException:
+            trainer.cleanup(after_error=True)  # a sink that cannot close (full disk) does not hide the error
+            raise
         trainer.cleanup()
+    except Exception as err:
+        full = find_disk_full(err, trainer.run_dir)
+        if full is None:
+            raise
+        raise full.with_hint(trainer.recovery_hint()) from err
     return trainer
 
 

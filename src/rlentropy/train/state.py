@@ -62,6 +62,22 @@ class DataCursor:
         return out
 
 
+def set_threads(setting: int | str, device: torch.device) -> tuple[int | None, int]:
+    """Apply `train.threads` to torch's intra-op threads: (the setting before, or None when unchanged;
+    the threads in use).
+
+    "auto" is 1 on CPU (docs/training.md, "Threads": on the models a CPU trains, a second thread mostly
+    waits, and next to another busy process it is many times slower) and torch's own default on a GPU.
+    """
+    before = torch.get_num_threads()
+    if setting == "auto":
+        if device.type != "cpu":
+            return None, before
+        setting = 1
+    torch.set_num_threads(int(setting))
+    return before, int(setting)
+
+
 class StopFlag:
     """Set by the first Ctrl-C (SIGINT): the loop finishes the step, writes a checkpoint and stops."""
 

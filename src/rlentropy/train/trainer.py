@@ -22,6 +22,7 @@ one process with the same global batch. Mini-batches are whole prompt groups (gr
 from __future__ import annotations
 
 import random
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -42,11 +43,18 @@ from torch.distributed.checkpoint.state_dict import (
 from rlentropy.algorithms import aggregation_weights
 from rlentropy.algorithms.dispatch import logged_metrics
 from rlentropy.data import build_task
-from rlentropy.errors import ConfigError, DataError
+from rlentropy.data.lengths import WithEvalExamples, check_prompt_lengths, prompt_token_limit
+from rlentropy.errors import ConfigError, DataError, Interrupted, writing
 from rlentropy.evaluate import evaluate_model
 from rlentropy.evaluate.run import eval_settings, save_eval_result
 from rlentropy.models.forward import PolicyForward, policy_token_stats_chunked
-from rlentropy.models.loading import load_policy, load_reference, num_parameters, resolve_model_source
+from rlentropy.models.loading import (
+    load_policy,
+    load_reference,
+    load_tokenizer,
+    num_parameters,
+    resolve_model_source,
+)
 from rlentropy.rollout.base import RolloutBatch, concat_batches
 from rlentropy.rollout.hf import HFGenerator
 from rlentropy.runs import checkpoints as ckpt_io
@@ -58,8 +66,16 @@ from rlentropy.train.methods import MethodSet
 from rlentropy.train.metrics import batch_metrics, removal_metrics, to_floats
 from rlentropy.train.old_stats import OldStats
 from rlentropy.train.probes import DynamicsProbe
-from rlentropy.train.sinks import MetricsSink, Progress, truncate_metrics, write_rollouts
-from rlentropy.train.state import DataCursor, StopFlag, derive_seed, make_lr_lambda
+from rlentropy.train.sinks import (
+    MetricsSink,
+    Progress,
+    RunInfo,
+    notify,
+    set_aside,
+    truncate_metrics,
+    write_rollouts,
+)
+from rlentropy.train.state import DataCursor, StopFlag, derive_seed, make_lr_lambda, set_threads
 from rlentropy.train.update import Updater, UpdateSettings
 
 __all__ = ["DataCursor", "StepHook", "Trainer", "derive_seed", "make_lr_lambda"]
@@ -97,20 +113,23 @@ class Trainer:
         self._eval_task: Any = None
         self._stop = StopFlag()
         self._dropout: bool | None = None
+        self._restart = False  # --resume of a run without a checkpoint: start again from step 0
+        self._saving = False
+        self._threads_before: int | None = None
+        self.run_info = RunInfo()
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         """Validate inputs, build everything, restore a checkpoint when resuming. No training yet."""
         self._start_processes()
+        self._threads_before, self.run_info.threads = set_threads(self.cfg.train.threads, self.device)
         ckpt_path = self._check_inputs()
         self._build_models(ckpt_path)
         self._build_optimizer()
         self.methods = MethodSet.from_config(self.cfg.algorithm)
         self.methods.validate(group_size=self.cfg.train.group_size)
         self._build_loop_parts()
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_config(self.cfg), encoding="utf-8")
+        self._prepare_run_dir()
         if ckpt_path is not None:
             self._restore(ckpt_path)
         self.sink = None
@@ -123,6 +142,7 @@ class Trainer:
                 wandb_project=c.logging.wandb_project,
                 run_name=c.name,
                 config=c.model_dump(mode="json"),
+                purge_step=self.step + 1 if self.resume else None,
             )
 
     def _start_processes(self) -> None:
@@ -146,25 +166,105 @@ class Trainer:
         self.local_prompts = prompts // self.world
 
     def _check_inputs(self) -> Path | None:
-        """Task, examples, model path and run directory, before any heavy work; the checkpoint to resume."""
+        """Task, examples, model path, prompt lengths and run directory, before any heavy work; the
+        checkpoint to resume from."""
         cfg = self.cfg
         self.task = build_task(cfg.data)
         self.train_examples = list(self.task.train_examples())
         if not self.train_examples:
             raise DataError(f"data: task {cfg.data.task!r} has no training examples")
         self.eval_examples = list(self.task.eval_examples())
+        self._note_bad_rows()
         resolve_model_source(cfg.model.path, allow_download=cfg.model.allow_download)
+        ckpt_path = self._find_checkpoint()
+        self._check_lengths(ckpt_path)
+        return ckpt_path
+
+    def _find_checkpoint(self) -> Path | None:
         if self.resume:
             found = ckpt_io.latest_checkpoint(self.run_dir)
-            if found is None:
-                raise ConfigError(f"--resume: {str(self.run_dir)!r} has no complete checkpoint to resume from")
+            if found is None:  # killed before its first checkpoint: start it again
+                self._restart = True
+                return None
             self.step, path = found
             return path
         if self.run_dir.exists() and (
             ckpt_io.list_checkpoints(self.run_dir) or (self.run_dir / "metrics.jsonl").exists()
         ):
-            raise ConfigError(f"run_dir: {str(self.run_dir)!r} already holds a run; use --resume or a new run_dir")
+            raise ConfigError(
+                f"run_dir: {str(self.run_dir)!r} already holds a run; use --resume (it continues from the "
+                "newest checkpoint, or starts again a run that has none) or a new run_dir"
+            )
         return None
+
+    def _note_bad_rows(self) -> None:
+        """data.skip_bad_rows: how many rows the loaders skipped, printed and kept for run_info.json."""
+        reports = list(getattr(self.task, "load_reports", []) or [])
+        skipped = sum(r.skipped for r in reports)
+        self.run_info.data["bad_rows_skipped"] = skipped
+        if skipped:
+            first = next(r.reasons[0] for r in reports if r.reasons)
+            files = ", ".join(sorted({r.path for r in reports if r.skipped}))
+            self._notice(f"data: skipped {skipped} bad rows of {files} (data.skip_bad_rows); the first: {first}")
+            self.run_info.data["bad_rows_first"] = [x for r in reports for x in r.reasons][:10]
+
+    def _check_lengths(self, ckpt_path: Path | None) -> None:
+        """Every prompt fits data.max_prompt_tokens (default: the context less the new tokens): error or skip."""
+        cfg = self.cfg
+        tokenizer, context = load_tokenizer(cfg.model, checkpoint=ckpt_path)
+        limit = prompt_token_limit(cfg.data, context=context, max_new_tokens=cfg.rollout.max_new_tokens)
+        check = dict(tokenizer=tokenizer, policy=cfg.data.over_long)
+        train, rep = check_prompt_lengths(self.train_examples, self.task, limit=limit, split="train", **check)
+        ev, rep_ev = check_prompt_lengths(self.eval_examples, self.task, limit=limit, split="eval", **check)
+        reports = [rep, rep_ev]
+        if cfg.eval.every or cfg.eval.at_end:  # the in-training evaluation's own task and budget
+            task = build_task(cfg.data, for_eval=True)
+            new = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
+            lim = prompt_token_limit(cfg.data, context=context, max_new_tokens=new)
+            kept, r = check_prompt_lengths(task.eval_examples(), task, limit=lim, split="evaluation", **check)
+            self._eval_task, reports = WithEvalExamples(task, kept), [*reports, r]
+        self.run_info.data.update(
+            {"prompt_token_limit": limit, "context": context, "over_long": [r.as_dict() for r in reports]}
+        )
+        for r in reports:
+            if r.skipped:
+                self._notice(
+                    f"data: skipped {r.skipped} of {r.checked} {r.split} prompts longer than {r.limit} "
+                    f"tokens (data.over_long=skip); the first: {r.examples[0]}"
+                )
+        if not train:
+            raise DataError(f"data: every training prompt is longer than {limit} tokens ({rep.skipped} skipped)")
+        self.train_examples, self.eval_examples = train, ev
+        self.run_info.data.update({"train_examples": len(train), "eval_examples": len(ev)})
+
+    def _notice(self, message: str) -> None:
+        """A line the user must see (printed on stderr by the main process) and keep (run_info.json)."""
+        self.run_info.notices.append(message)
+        if self.is_main:
+            notify(message)
+
+    def _prepare_run_dir(self) -> None:
+        """config.yaml, run_info.json; leftovers of an interrupted save or prune removed; on a restart
+        (--resume without a checkpoint) the earlier metrics set aside."""
+        if not self.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_io.remove_leftovers(self.run_dir)
+        if self._restart and (self.run_dir / "config.yaml").is_file():
+            moved = set_aside(self.run_dir / "metrics.jsonl")
+            self._notice(
+                f"--resume: {self.run_dir} has no complete checkpoint (stopped before its first one); starting "
+                "it again from step 0" + (f"; its earlier metrics are in {moved.name}" if moved else "")
+            )
+        with writing(self.run_dir / "config.yaml"):
+            (self.run_dir / "config.yaml").write_text(dump_config(self.cfg), encoding="utf-8")
+        self.run_info.write(
+            self.run_dir,
+            resumed_from_step=self.step if self.resume else None,
+            device=str(self.device),
+            processes=self.world,
+            **self.info,
+        )
 
     def _build_models(self, ckpt_path: Path | None) -> None:
         cfg = self.cfg
@@ -322,6 +422,21 @@ class Trainer:
     def _last_good_checkpoint(self) -> str:
         last = ckpt_io.latest_checkpoint(self.run_dir)
         return f"last good checkpoint: {last[1]}" if last else "no checkpoint was written"
+
+    def resume_command(self) -> str:
+        return f"rlentropy train --resume {shlex.quote(str(self.run_dir))}"
+
+    def recovery_hint(self) -> str:
+        """What is intact and the command that goes on (for the messages of a stop or a failure)."""
+        if not (self.run_dir / "config.yaml").is_file():
+            return "nothing of the run was written; run the command again"
+        last = ckpt_io.latest_checkpoint(self.run_dir)
+        where = (
+            f"last good checkpoint: {last[1]}"
+            if last
+            else "no checkpoint yet (resuming starts the run again from step 0)"
+        )
+        return f"{where}; resume with: {self.resume_command()}"
 
     # ------------------------------------------------------------------ the stages of a step
     def _sample(self, examples: list, seed: int, n: int) -> RolloutBatch:
@@ -597,6 +712,7 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Write checkpoints/step_<step> atomically (main process) and prune old ones."""
         path = None
+        self._saving = True
         state = self.state_dict()  # collective under FSDP: every process takes part
         weights = self._full_weights() if self.fsdp else None
         if self.is_main:
@@ -610,6 +726,7 @@ class Trainer:
                 weights=weights,
             )
         self.dist.barrier()
+        self._saving = False
         return path
 
     # ------------------------------------------------------------------ evaluation
@@ -656,6 +773,15 @@ class Trainer:
                 self.save_checkpoint()
             if cfg.eval.at_end and self.is_main:
                 self.final_eval = self.evaluate(self.step)
+        except KeyboardInterrupt as err:  # a second Ctrl-C (the first one stops after the step)
+            if isinstance(err, Interrupted):
+                raise
+            what = (
+                "while writing its checkpoint"
+                if self._saving
+                else ("during the final evaluation" if self.step >= cfg.train.steps else f"during step {self.step + 1}")
+            )
+            raise Interrupted(f"interrupted after step {self.step} {what}; {self.recovery_hint()}") from None
         finally:
             progress.close()
             self._stop.uninstall()
@@ -683,14 +809,25 @@ class Trainer:
             self.save_checkpoint()
         if self._stop.requested:
             progress.close()
-            raise KeyboardInterrupt(
-                f"stopped after step {step}; checkpoint written to {self.run_dir / 'checkpoints' / f'step_{step}'}"
+            raise Interrupted(
+                f"stopped after step {step}; checkpoint: {self.run_dir / 'checkpoints' / f'step_{step}'}; "
+                f"resume with: {self.resume_command()}"
             )
 
-    def cleanup(self) -> None:
-        if getattr(self, "sink", None) is not None:
-            self.sink.close()
-            self.sink = None
+    def cleanup(self, *, after_error: bool = False) -> None:
+        """Close the sinks and give back the thread setting; `after_error`: a failure of the sinks'
+        close (a full disk) does not replace the error being raised."""
+        sink, self.sink = getattr(self, "sink", None), None
+        try:
+            if sink is not None:
+                sink.close()
+        except Exception:
+            if not after_error:
+                raise
+        finally:
+            if self._threads_before is not None:
+                torch.set_num_threads(self._threads_before)
+                self._threads_before = None
 
 
 @contextmanager
