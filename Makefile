@@ -9,7 +9,7 @@ CORE_VENV := .venv-core
 CORE_BIN := $(CORE_VENV)/bin
 CORE_STAMP := $(CORE_VENV)/.installed
 
-.PHONY: test test-full test-core demo venv venv-core clean bench
+.PHONY: test test-full test-core lint demo venv venv-core clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,11 +35,16 @@ venv-core: $(CORE_STAMP)
 # The full suite in .venv (verl included), then every test but verl's in .venv-core. The core
 # environment installs in the background while the full suite runs (pip mostly waits on downloads);
 # its log is .venv-core.log.
-test: $(STAMP)
+test: $(STAMP) lint
 	$(MAKE) --no-print-directory venv-core > $(CORE_VENV).log 2>&1 & core=$$!; \
 	$(BIN)/python -m pytest -q; full=$$?; \
 	wait $$core || { cat $(CORE_VENV).log; echo "make venv-core failed"; exit 1; }; \
 	test $$full -eq 0 && $(MAKE) --no-print-directory test-core
+
+# ruff: lint and format check (configuration in pyproject.toml, line length 120).
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 test-full: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -193,9 +193,7 @@ def _run_trl(a: argparse.Namespace, adapter: bool) -> dict:
         if adapter:
             from rlentropy.integrations.trl import EntropyGRPOConfig, EntropyGRPOTrainer
 
-            args = EntropyGRPOConfig(
-                output_dir=tmp, entropy_control="clip_b", rlentropy_metrics=True, **common
-            )
+            args = EntropyGRPOConfig(output_dir=tmp, entropy_control="clip_b", rlentropy_metrics=True, **common)
             base = EntropyGRPOTrainer
         else:
             from trl import GRPOConfig, GRPOTrainer
