@@ -65,7 +65,7 @@ def test_runs_in_our_trainer(registered, fast_cfg, tmp_path):
     assert not CALLS
     h_min = h_base[0]["entropy/mean"]  # about half the tokens of a random policy sit below its mean entropy
     h, w = run({"control": NAME, "control_params": {"h_min": h_min}}, "new")
-    assert CALLS[0]["shape"] == (2, 3)  # the parameter check on a dummy batch at setup
+    assert CALLS[0]["shape"] == (4, 3)  # the parameter check at setup: a dummy group of the run's 4 samples
     calls = CALLS[1:]
     assert calls and all(c["requires_grad"] for c in calls)  # the training forward's entropy, per micro-batch
     assert {c["shape"][0] for c in calls} == {4}  # micro-batches of 4 rows
