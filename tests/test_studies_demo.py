@@ -119,3 +119,25 @@ def test_demo_bad_arguments():
         demo_command(seeds=1, study="nope", out=None, quiet=True)
     with pytest.raises(ConfigError, match="--seeds"):
         demo_command(seeds=0, study="controls", out=None, quiet=True)
+    with pytest.raises(ConfigError, match="--steps: must be >= 1"):
+        demo_command(seeds=1, study="controls", out=None, quiet=True, steps=0)
+    with pytest.raises(ConfigError, match="override 'train.steps': expected key.sub=value"):
+        demo_command(seeds=1, study="controls", out=None, quiet=True, overrides=["train.steps"])
+    with pytest.raises(ConfigError, match="--methods: the quadrant study"):
+        demo_command(seeds=1, study="quadrants", out=None, quiet=True, methods=["grpo"])
+    with pytest.raises(ConfigError, match="demo methods: unknown nope"):
+        demo_command(seeds=1, study="controls", out=None, quiet=True, methods=["nope"])
+
+
+def test_cli_demo_takes_overrides_steps_and_methods(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    # `rlentropy demo --steps N key=value …` changes every run: a smoke test of the demo in seconds
+    from rlentropy.cli import main
+
+    monkeypatch.setenv("RLENTROPY_DEMO_WORKERS", "1")
+    out = tmp_path / "demo"
+    toy = [f"model.path={tiny_model_dir}", "train.prompts_per_step=2", "train.group_size=2", "train.mini_batches=1"]
+    toy += ["rollout.max_new_tokens=4", "eval.n=2", "eval.max_prompts=2", "logging.tensorboard=false"]
+    main(["demo", *toy, "probes.every=0", "--steps", "1", "--methods", "clip_b", "--out", str(out), "--quiet"])
+    data = json.loads((out / "summary.json").read_text())
+    assert [(r["method"], r["steps"]) for r in data["runs"]] == [("clip_b", 1)]
+    assert (out / "clip_b-s0" / "checkpoints" / "step_1").is_dir()

@@ -160,14 +160,15 @@ def resolve_model_source(path: str | None, *, allow_download: bool = False) -> t
 def _quantization_config(cfg: ModelConfig, device: torch.device) -> Any:
     if not cfg.load_in_4bit:
         return None
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as err:
-        raise ConfigError("model.load_in_4bit: needs the bitsandbytes package (pip install bitsandbytes)") from err
+    # The device first: on a machine without a GPU, installing bitsandbytes would not help.
     if device.type != "cuda":
         raise ConfigError("model.load_in_4bit: 4-bit base weights need a CUDA GPU; none is available here")
     if not cfg.lora.enabled:
         raise ConfigError("model.load_in_4bit: a 4-bit base cannot be trained directly; set model.lora.enabled=true")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise ConfigError("model.load_in_4bit: needs the bitsandbytes package (pip install bitsandbytes)") from err
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)

@@ -59,6 +59,7 @@ def evaluate_policy(
         max_prompts=st["max_prompts"],
         seed=st["seed"],
         batch_size=cfg.rollout.batch_size,
+        engine=cfg.rollout.engine,
     )
     return m, samples, st
 
