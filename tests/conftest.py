@@ -112,7 +112,7 @@ def restore_registries():
     available_tasks()  # the built-in tasks register lazily: before the snapshot, so they stay
     families = (ADVANTAGES, CONTROLLERS, CONTROLS, POLICY_LOSSES)
     saved = [dict(r._entries) for r in families]
-    dicts = (_TASKS, REWARDS, plugins._LOADED)
+    dicts = (_TASKS, REWARDS, plugins._LOADED, plugins.REGISTERED)
     saved_dicts = [dict(d) for d in dicts]
     path = list(sys.path)
     yield

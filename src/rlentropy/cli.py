@@ -115,6 +115,20 @@ def study(
 
 @app.command()
 @_interruptible
+def check(
+    config: Path = typer.Argument(..., help="YAML config file (see configs/)."),
+    overrides: list[str] | None = typer.Argument(None, help="Overrides as key.sub=value."),
+) -> None:
+    """Validate a config without training: model, data, prompt lengths, methods, device, memory (exit 2 on FAIL)."""
+    from rlentropy.check import check_command
+
+    code = check_command(config, list(overrides or []))
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+@_interruptible
 def pretrain(
     overrides: list[str] | None = typer.Argument(
         None, help="Recipe overrides as key=value (fields of rlentropy.models.pretrain.PretrainConfig)."

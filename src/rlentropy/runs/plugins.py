@@ -32,6 +32,25 @@ from rlentropy.errors import ConfigError
 
 _LOADED: dict[str, ModuleType] = {}
 """Resolved entry (absolute file path or module name) → its module, for this process."""
+REGISTERED: dict[str, list[str]] = {}
+"""Resolved entry → what importing it registered ("reward my_reward", "task my_task", …)."""
+
+
+def _registry_names() -> dict[str, set[str]]:
+    from rlentropy.algorithms import ADVANTAGES, CONTROLLERS, CONTROLS, POLICY_LOSSES
+    from rlentropy.data.tasks import _TASKS, available_tasks
+    from rlentropy.rewards.registry import REWARDS
+
+    available_tasks()  # the built-in tasks first, so that they are not counted as the plugin's
+    names = {"task": set(_TASKS), "reward": set(REWARDS)}
+    for reg in (ADVANTAGES, POLICY_LOSSES, CONTROLS, CONTROLLERS):
+        names[reg.family] = set(reg.names())
+    return names
+
+
+def _added(before: dict[str, set[str]]) -> list[str]:
+    after = _registry_names()
+    return [f"{kind} {name}" for kind, names in after.items() for name in sorted(names - before.get(kind, set()))]
 
 
 def is_file_entry(entry: str) -> bool:
@@ -136,14 +155,10 @@ def load_plugins(entries: Any, *, base_dir: str | Path | None = None) -> list[st
     resolved = []
     for raw in entries:
         entry = raw.strip()
-        if is_file_entry(entry):
-            path = _find_file(entry, base)
-            key = str(path)
-            if key not in _LOADED:
-                _LOADED[key] = _load_file(entry, path)
-        else:
-            key = entry
-            if key not in _LOADED:
-                _LOADED[key] = _load_module(entry, base)
+        key = str(_find_file(entry, base)) if is_file_entry(entry) else entry
+        if key not in _LOADED:
+            before = _registry_names()
+            _LOADED[key] = _load_file(entry, Path(key)) if is_file_entry(entry) else _load_module(entry, base)
+            REGISTERED[key] = _added(before)
         resolved.append(key)
     return resolved
