@@ -141,3 +141,26 @@ def test_cli_demo_takes_overrides_steps_and_methods(tiny_model_dir, tmp_path, mo
     data = json.loads((out / "summary.json").read_text())
     assert [(r["method"], r["steps"]) for r in data["runs"]] == [("clip_b", 1)]
     assert (out / "clip_b-s0" / "checkpoints" / "step_1").is_dir()
+
+
+def test_study_evaluation_checks_prompt_lengths(tiny_model_dir, capsys):
+    # the demo's and the studies' evaluations (eval.max_new_tokens may exceed the rollouts') check every
+    # eval prompt against the context, as `rlentropy train` and `rlentropy eval` do: never silent
+    from rlentropy.errors import DataError, UserError
+    from rlentropy.models.loading import load_policy
+    from rlentropy.runs.config import load_config
+    from rlentropy.studies.jobs import evaluate_policy
+
+    base = [f"model.path={tiny_model_dir}", "eval.n=1", "eval.max_prompts=2", "train.device=cpu"]
+    cfg = load_config(None, [*base, "eval.max_new_tokens=120"])  # context 128: 8 tokens left for a prompt
+    loaded = load_policy(cfg.model)
+    with pytest.raises(DataError, match=r"the eval prompt has \d+ tokens, more than the 8 allowed"):
+        evaluate_policy(loaded.model, loaded.tokenizer, cfg)
+    cfg = load_config(None, [*base, "eval.max_new_tokens=120", "data.over_long=skip"])
+    with pytest.raises(UserError, match="every eval prompt is longer than 8 tokens"):
+        evaluate_policy(loaded.model, loaded.tokenizer, cfg)
+    cfg = load_config(None, [*base, "eval.max_new_tokens=106", "data.over_long=skip"])  # 22 tokens: some fit
+    metrics, _samples, _settings = evaluate_policy(loaded.model, loaded.tokenizer, cfg)
+    err = capsys.readouterr().err
+    assert "data: skipped " in err and "eval prompts longer than 22 tokens (data.over_long=skip)" in err
+    assert metrics["num_prompts"] == 2

@@ -433,6 +433,20 @@ def _set_eval_threads(setting: int | str, device: Any) -> None:
 def _fitting_prompts(cfg: Any, task: Any, ckpt: Path | None, max_new_tokens: int, warn: Callable[[str], None]) -> Any:
     """The task with its eval prompts checked against the prompt limit (data.over_long: error or skip)."""
     tokenizer, context = load_tokenizer(cfg.model, checkpoint=ckpt)
+    return fit_eval_prompts(cfg, task, tokenizer, context=context, max_new_tokens=max_new_tokens, warn=warn)
+
+
+def fit_eval_prompts(
+    cfg: Any, task: Any, tokenizer: Any, *, context: int | None, max_new_tokens: int, warn: Callable[[str], None]
+) -> Any:
+    """`task` with only the eval prompts that fit `data.max_prompt_tokens` (default: `context` less
+    `max_new_tokens`): a longer one is an error naming file:line (`data.over_long: error`) or skipped
+    and counted through `warn` (`skip`). Never silent: `rlentropy eval`, the demo and the studies call it.
+
+    Raises:
+        DataError: an over-long prompt with `data.over_long: error`.
+        UserError: every eval prompt is over-long.
+    """
     limit = prompt_token_limit(cfg.data, context=context, max_new_tokens=max_new_tokens)
     kept, report = check_prompt_lengths(
         task.eval_examples(), task, tokenizer, limit=limit, policy=cfg.data.over_long, split="eval"
