@@ -40,9 +40,9 @@ venv: $(STAMP)
 
 venv-core: $(CORE_STAMP)
 
-# The full suite in .venv (verl included), then every test but verl's in .venv-core. The core
-# environment installs in the background while the full suite runs (pip mostly waits on downloads);
-# its log is .venv-core.log.
+# The full suite in .venv (verl included), then every test but verl's and the docs' in .venv-core
+# (tests/test_docs.py runs the documentation's commands once, in .venv). The core environment installs
+# in the background while the full suite runs (pip mostly waits on downloads); its log is .venv-core.log.
 test: $(STAMP) lint
 	$(MAKE) --no-print-directory venv-core > $(CORE_VENV).log 2>&1 & core=$$!; \
 	$(BIN)/python -m pytest -q; full=$$?; \
@@ -59,7 +59,7 @@ test-full: $(STAMP)
 
 test-core: $(CORE_STAMP)
 	$(CORE_BIN)/python -c "import transformers, trl; print(f'core environment: transformers {transformers.__version__}, trl {trl.__version__}, no verl')"
-	$(CORE_BIN)/python -m pytest -q -m "not verl"
+	$(CORE_BIN)/python -m pytest -q -m "not verl and not docs"
 
 demo: $(STAMP)
 	$(BIN)/rlentropy demo

@@ -320,6 +320,7 @@ def docs_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.docs
 @pytest.mark.parametrize("page", [p for p in PAGES if _runnable(p)], ids=lambda p: str(p.relative_to(REPO)))
 def test_page_runs_top_to_bottom(page, docs_model, tmp_path, monkeypatch, capsys, restore_registries):
     for name in ("configs", "data", "examples"):
