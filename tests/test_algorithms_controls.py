@@ -1,4 +1,4 @@
-"""Entropy controls: Clip_B / Clip_V rules and quirks (ALGORITHMS.md §6 items 2–4), 80/20 (item 7),
+"""Entropy controls: Clip_B / Clip_V rules and quirks (docs/algorithms.md: the rules and the upstream quirks), 80/20,
 entropy bonus gradient, quadrant mask and the sign table of Theorem 3.3 on real softmax steps."""
 
 from __future__ import annotations

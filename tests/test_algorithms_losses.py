@@ -1,5 +1,5 @@
 """Policy losses: hand-worked tokens, values and gradients against a float64 element-wise reference,
-Clip-Cov / KL-Cov selection rules (ALGORITHMS.md §6 items 5, 6, 8), registry and argument errors."""
+Clip-Cov / KL-Cov selection rules (docs/algorithms.md), registry and argument errors."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_subcommands():
     proc = _run("--help")
     assert proc.returncode == 0, proc.stderr
-    for name in ("train", "demo", "pretrain", "eval", "report"):
+    for name in ("train", "check", "demo", "study", "pretrain", "eval", "report", "methods"):
         assert name in proc.stdout
 
 

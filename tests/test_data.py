@@ -134,7 +134,10 @@ def _jsonl(path: Path, rows: list) -> Path:
 def test_missing_answer_names_file_and_line(tmp_path):
     p = _jsonl(tmp_path / "d.jsonl", [{"q": "1+1", "a": "2"}, {"q": "2+2"}, {"q": "3+3", "a": "6"}])
     cfg = DataConfig(task="file", path=str(p), params={"question_field": "q", "answer_field": "a", "eval_size": 1})
-    with pytest.raises(DataError, match=r"d\.jsonl:2: missing field 'a' \(data\.params\.answer_field\)"):
+    with pytest.raises(
+        DataError,
+        match=r"d\.jsonl:2: missing field 'a' \(data\.params\.answer_field; with rlentropy eval: --answer-field\)",
+    ):
         build_task(cfg).train_examples()
     cfg2 = cfg.model_copy(update={"skip_bad_rows": True})
     task = build_task(cfg2)
@@ -298,8 +301,10 @@ GOLD_SETS = {
 }
 
 
+# raw / raw_chat extract with "auto", whose \boxed{} branch the other templates cover (format_answer writes
+# a boxed answer for them): left out to keep this expensive check's time.
 @pytest.mark.parametrize("dataset", sorted(GOLD_SETS))
-@pytest.mark.parametrize("template", sorted(TEMPLATES))
+@pytest.mark.parametrize("template", sorted(t for t in TEMPLATES if not t.startswith("raw")))
 def test_every_gold_answer_verifies_in_every_template(dataset, template, pool):
     examples = GOLD_SETS[dataset]()
     task = _task("gsm8k", template, pool)  # the scorer depends on the template only

@@ -84,7 +84,7 @@ def test_token_pressure_ratio_and_errors():
 
 
 def test_theorem_3_3_single_position_matches_real_entropy_change():
-    # δz = α A (e_k − p) on one position: ΔH = α A (s_bar − S_k) + O(α²)  (ALGORITHMS.md §0.3 / §0.5)
+    # δz = α A (e_k − p) on one position: ΔH = α A (s_bar − S_k) + O(α²)  (arXiv 2602.03392)
     g = torch.Generator().manual_seed(0)
     z = torch.randn(20, 50, generator=g, dtype=F64) * 2  # [N, V]
     k = torch.randint(0, 50, (20,), generator=g)  # [N]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -286,3 +287,43 @@ def test_cli_eval(tiny_model_dir, tmp_path, capsys):
     rec = json.loads((run / "eval/step_2/metrics.json").read_text())
     assert rec["num_prompts"] == 2 and rec["n"] == 2
     assert not (run / "eval/step_0").exists()  # a single checkpoint: no base evaluation
+
+
+def test_eval_run_without_checkpoints_is_an_error(tiny_model_dir, tmp_path, capsys):
+    # a run that saved no checkpoint: nothing is evaluated (not the base model alone), exit 2
+    from rlentropy.cli import main
+
+    run = _make_run(tmp_path, tiny_model_dir)
+    shutil.rmtree(run / "checkpoints")
+    with pytest.raises(UserError, match="no complete checkpoint under .* to evaluate .*nothing was evaluated"):
+        evaluate_run(run, n=2)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", str(run), "--n", "2"])
+    assert exc.value.code == 2 and capsys.readouterr().err.startswith("error: ")
+    assert not (run / "eval").exists()
+
+
+def test_eval_dataset_file_with_other_field_names(tiny_model_dir, tmp_path, capsys):
+    # `rlentropy eval RUN --dataset my.jsonl` on a file whose fields are not question / answer
+    from rlentropy.cli import main
+
+    run = _make_run(tmp_path, tiny_model_dir)
+    qfile = tmp_path / "mine.jsonl"
+    qfile.write_text('{"problem": "2+3", "solution": {"value": "5"}}\n{"problem": "9-4", "solution": {"value": "5"}}\n')
+    ck = str(run / "checkpoints" / "step_2")
+    base = ["eval", ck, "--dataset", str(qfile), "--n", "2", "--max-new-tokens", "3", "--quiet"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # the default field names: one line naming the option to set
+        main(base)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert (
+        "mine.jsonl:1: missing field 'question' (data.params.question_field; with rlentropy eval: --question-field)"
+        in err
+    )
+    main([*base, "--question-field", "problem", "--answer-field", "solution.value"])
+    rec = json.loads((run / "eval" / "mine" / "step_2" / "metrics.json").read_text())
+    assert rec["num_prompts"] == 2
+    with pytest.raises(UserError, match="--question-field: the field mapping applies to a dataset file"):
+        evaluate_run(ck, n=2, fields={"question_field": "problem"})

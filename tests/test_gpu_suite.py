@@ -71,8 +71,8 @@ def test_every_section_ran_and_wrote_json_log_and_table(dry):
     for name in (*SECTIONS, "imports"):
         assert f"| {name} | " in table and f"| {name} | " in dry["stdout"], name
     assert all(x.rstrip().endswith(("| PASS |", "| FAIL |", "| INFO |")) or "| SKIP(" in x for x in lines)
-    # well under a minute on an idle 2-core machine (about 10 s); generous for a loaded one
-    assert summary["wall_s"] < 90 and dry["wall"] < 120, (summary["wall_s"], dry["wall"])
+    # the dry run's own clock is recorded (its duration is measured, not asserted: benchmarks/RESULTS.md)
+    assert 0 < summary["wall_s"] <= dry["wall"] + 1, (summary["wall_s"], dry["wall"])
 
 
 def test_env_finds_what_the_suite_imports(dry):

@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "train": 10,
     "integrations": 10,
     "studies": 11,
+    "check": 11,
     "cli": 12,
     "__init__": 12,
     "__main__": 12,

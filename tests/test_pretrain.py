@@ -109,6 +109,27 @@ def test_cli_pretrain_runs_the_recipe(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "p" / "model.safetensors").is_file()
 
 
+def test_cli_pretrain_takes_overrides_and_steps(tmp_path, capsys):
+    from rlentropy.cli import main
+
+    out = tmp_path / "p"
+    args = ["pretrain", "--out", str(out), "--steps", "3", "train_size=64", "batch_size=8", "warmup=1"]
+    main([*args, "eval_prompts=4", "eval_samples=2", "max_new_tokens=4", "--quiet"])
+    recipe = json.loads((out / "pretrain_metrics.json").read_text())["recipe"]
+    assert (recipe["steps"], recipe["train_size"], recipe["eval_prompts"], recipe["eval_samples"]) == (3, 64, 4, 2)
+    assert "pass@2=" in capsys.readouterr().out
+    for bad, message in (
+        ("nope=1", "pretrain: nope: unknown key; allowed keys: steps, batch_size"),
+        ("steps=x", "pretrain: steps: expected int, got 'x'"),
+        ("lr=0", "pretrain: lr: must be > 0"),
+        ("steps", "expected key=value"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(["pretrain", "--out", str(tmp_path / "q"), bad])
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
+
+
 def test_shipped_policy_files_and_loading():
     path = shipped_policy_path()
     for name in (

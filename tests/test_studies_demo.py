@@ -119,3 +119,48 @@ def test_demo_bad_arguments():
         demo_command(seeds=1, study="nope", out=None, quiet=True)
     with pytest.raises(ConfigError, match="--seeds"):
         demo_command(seeds=0, study="controls", out=None, quiet=True)
+    with pytest.raises(ConfigError, match="--steps: must be >= 1"):
+        demo_command(seeds=1, study="controls", out=None, quiet=True, steps=0)
+    with pytest.raises(ConfigError, match="override 'train.steps': expected key.sub=value"):
+        demo_command(seeds=1, study="controls", out=None, quiet=True, overrides=["train.steps"])
+    with pytest.raises(ConfigError, match="--methods: the quadrant study"):
+        demo_command(seeds=1, study="quadrants", out=None, quiet=True, methods=["grpo"])
+    with pytest.raises(ConfigError, match="demo methods: unknown nope"):
+        demo_command(seeds=1, study="controls", out=None, quiet=True, methods=["nope"])
+
+
+def test_cli_demo_takes_overrides_steps_and_methods(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    # `rlentropy demo --steps N key=value …` changes every run: a smoke test of the demo in seconds
+    from rlentropy.cli import main
+
+    monkeypatch.setenv("RLENTROPY_DEMO_WORKERS", "1")
+    out = tmp_path / "demo"
+    toy = [f"model.path={tiny_model_dir}", "train.prompts_per_step=2", "train.group_size=2", "train.mini_batches=1"]
+    toy += ["rollout.max_new_tokens=4", "eval.n=2", "eval.max_prompts=2", "logging.tensorboard=false"]
+    main(["demo", *toy, "probes.every=0", "--steps", "1", "--methods", "clip_b", "--out", str(out), "--quiet"])
+    data = json.loads((out / "summary.json").read_text())
+    assert [(r["method"], r["steps"]) for r in data["runs"]] == [("clip_b", 1)]
+    assert (out / "clip_b-s0" / "checkpoints" / "step_1").is_dir()
+
+
+def test_study_evaluation_checks_prompt_lengths(tiny_model_dir, capsys):
+    # the demo's and the studies' evaluations (eval.max_new_tokens may exceed the rollouts') check every
+    # eval prompt against the context, as `rlentropy train` and `rlentropy eval` do: never silent
+    from rlentropy.errors import DataError, UserError
+    from rlentropy.models.loading import load_policy
+    from rlentropy.runs.config import load_config
+    from rlentropy.studies.jobs import evaluate_policy
+
+    base = [f"model.path={tiny_model_dir}", "eval.n=1", "eval.max_prompts=2", "train.device=cpu"]
+    cfg = load_config(None, [*base, "eval.max_new_tokens=120"])  # context 128: 8 tokens left for a prompt
+    loaded = load_policy(cfg.model)
+    with pytest.raises(DataError, match=r"the eval prompt has \d+ tokens, more than the 8 allowed"):
+        evaluate_policy(loaded.model, loaded.tokenizer, cfg)
+    cfg = load_config(None, [*base, "eval.max_new_tokens=120", "data.over_long=skip"])
+    with pytest.raises(UserError, match="every eval prompt is longer than 8 tokens"):
+        evaluate_policy(loaded.model, loaded.tokenizer, cfg)
+    cfg = load_config(None, [*base, "eval.max_new_tokens=106", "data.over_long=skip"])  # 22 tokens: some fit
+    metrics, _samples, _settings = evaluate_policy(loaded.model, loaded.tokenizer, cfg)
+    err = capsys.readouterr().err
+    assert "data: skipped " in err and "eval prompts longer than 22 tokens (data.over_long=skip)" in err
+    assert metrics["num_prompts"] == 2

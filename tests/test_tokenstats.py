@@ -140,7 +140,7 @@ def test_properties(vocab, scale, temperature, seed):
     assert torch.all(out.entropy.double() <= math.log(vocab) * (1 + 1e-6))
 
 
-# ------------------------------------------------------------------------------ theory (ALGORITHMS.md 0.2, 0.3)
+# ------------------------------------------------------------- theory (Theorem 3.2 of arXiv 2602.03392)
 
 
 def _h64(z: torch.Tensor) -> float:

@@ -232,7 +232,8 @@ def test_kl_estimators_hand_values():
 def test_input_errors_before_any_work(fast_cfg, tmp_path):
     with pytest.raises(ConfigError, match="model.path.*does not exist"):
         run_training(_cfg(fast_cfg, model={"path": str(tmp_path / "nope")}))
-    with pytest.raises(ConfigError, match="load_in_4bit"):
+    # on a CPU the missing GPU is the message, whether bitsandbytes is installed or not
+    with pytest.raises(ConfigError, match="load_in_4bit: 4-bit base weights need a CUDA GPU"):
         run_training(_cfg(fast_cfg, model={"load_in_4bit": True, "lora": {"enabled": True}}, train={"device": "cpu"}))
     with pytest.raises(ConfigError, match="loss_params"):
         run_training(_cfg(fast_cfg, algorithm={"loss_params": {"eps_low": -1.0}}))
@@ -258,6 +259,13 @@ def test_lr_schedule_and_cursor():
     assert [round(f(s), 6) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, round(1 - 1 / 7, 6)]
     c = make_lr_lambda(warmup_steps=0, total_steps=10, schedule="cosine", min_lr_ratio=0.1)
     assert c(0) == 1.0 and abs(c(5) - 0.55) < 1e-12 and abs(c(10) - 0.1) < 1e-12
+    # linear goes from 1 to min_lr_ratio at train.steps (not toward 0, clipped at min_lr_ratio early):
+    # by hand, 4 steps to 0.2: 1 − 0.8·s/4 = 1.0, 0.8, 0.6, 0.4, then 0.2 after the last step
+    lin = make_lr_lambda(warmup_steps=0, total_steps=4, schedule="linear", min_lr_ratio=0.2)
+    assert [round(lin(s), 12) for s in range(5)] == [1.0, 0.8, 0.6, 0.4, 0.2]
+    # with 2 warm-up steps of 6: 1/3, 2/3, then 1 − 0.8·(s − 2)/4 = 1.0, 0.8, 0.6, 0.4, 0.2
+    lw = make_lr_lambda(warmup_steps=2, total_steps=6, schedule="linear", min_lr_ratio=0.2)
+    assert [round(lw(s), 12) for s in range(7)] == [round(1 / 3, 12), round(2 / 3, 12), 1.0, 0.8, 0.6, 0.4, 0.2]
     cur = DataCursor()
     first = cur.take(5, 3, seed=0) + cur.take(5, 3, seed=0)  # wraps into epoch 1
     assert sorted(first[:5]) == [0, 1, 2, 3, 4] and (cur.epoch, cur.pos) == (1, 1)

@@ -49,7 +49,7 @@ def test_overrides_are_yaml_scalars(tmp_path):
         ("train.steps=abc", "train.steps: input should be a valid integer"),
         ("train.steps=0", "train.steps: input should be greater than or equal to 1"),
         ("optim.schedule=exp", "optim.schedule: 'exp' is not allowed; allowed: constant, linear, cosine"),
-        ("bogus=1", "bogus: unknown key; allowed keys here: name, run_dir, model, data,"),
+        ("bogus=1", "bogus: unknown key; allowed keys here: name, run_dir, plugins, model, data,"),
         (
             "algorithm.controller=clip_threshold",
             "algorithm.controller: 'clip_threshold' needs algorithm.control clip_b or clip_v",
@@ -161,3 +161,15 @@ def test_wandb_without_package_is_config_error(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_wandb)
     with pytest.raises(ConfigError, match="logging.wandb"):
         MetricsSink(tmp_path, tensorboard=False, wandb=True)
+
+
+def test_rollout_engine_selects_the_generator(fast_cfg, tmp_path):
+    from rlentropy.train.run import run_training
+
+    assert load_config(None).rollout.engine == "auto"
+    assert load_config(None, ["rollout.engine=hf"]).rollout.engine == "auto"  # the old name, in old config.yaml
+    with pytest.raises(ConfigError, match="rollout.engine: 'vllm' is not allowed; allowed: auto, lean, hf_generate"):
+        load_config(None, ["rollout.engine=vllm"])
+    for engine in ("lean", "hf_generate"):
+        trainer = run_training(fast_cfg(rollout={"engine": engine}, train={"steps": 1}, run_dir=str(tmp_path / engine)))
+        assert trainer.generator.engine == engine

@@ -578,3 +578,23 @@ def test_eval_threads_option(tmp_path, capsys):
         main(["eval", str(tmp_path), "--threads", "two"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.startswith("error: --threads: must be a number >= 1 or auto")
+
+
+def test_resume_of_a_finished_run_says_so(fast_cfg, capsys):
+    # issue #17: `--resume` of a finished run printed "done: 4 steps — reward nan, entropy nan"
+    from rlentropy.cli import main
+
+    cfg = fast_cfg(train={"steps": 2})
+    run_training(cfg)
+    run = cfg.resolved_run_dir()
+    metrics = (run / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    main(["train", "--resume", str(run)])
+    out = capsys.readouterr().out
+    assert out == (
+        f"{run}: already finished at step 2 (train.steps is 2); nothing to train. "
+        f"To train further: rlentropy train --resume {run} train.steps=4\n"
+    )
+    assert (run / "metrics.jsonl").read_text() == metrics  # nothing touched
+    main(["train", "--resume", str(run), "train.steps=3", "--quiet"])  # the printed remedy trains on
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

@@ -64,17 +64,23 @@ def train(
 @app.command()
 @_interruptible
 def demo(
+    overrides: list[str] | None = typer.Argument(None, help="Overrides for every run, as key.sub=value."),
     seeds: int = typer.Option(1, "--seeds", help="Number of seeds per method (1 for `make demo`)."),
     study: str = typer.Option(
         "controls", "--study", help="controls (the demo) | long (the long study, 3 seeds) | quadrants"
     ),
+    steps: int | None = typer.Option(None, "--steps", help="Training steps of every run (default: the config's)."),
+    methods: str | None = typer.Option(None, "--methods", help="Comma-separated subset of the methods."),
     out: Path | None = typer.Option(None, "--out", help="Output directory (default runs/demo or runs/quadrants)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """The embedded CPU entropy study on the shipped tiny model and the countdown task."""
     from rlentropy.studies.demo import demo_command
 
-    demo_command(seeds=seeds, study=study, out=out, quiet=quiet)
+    chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    demo_command(
+        seeds=seeds, study=study, out=out, quiet=quiet, overrides=list(overrides or []), steps=steps, methods=chosen
+    )
 
 
 @app.command()
@@ -109,15 +115,33 @@ def study(
 
 @app.command()
 @_interruptible
+def check(
+    config: Path = typer.Argument(..., help="YAML config file (see configs/)."),
+    overrides: list[str] | None = typer.Argument(None, help="Overrides as key.sub=value."),
+) -> None:
+    """Validate a config without training: model, data, prompt lengths, methods, device, memory (exit 2 on FAIL)."""
+    from rlentropy.check import check_command
+
+    code = check_command(config, list(overrides or []))
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+@_interruptible
 def pretrain(
+    overrides: list[str] | None = typer.Argument(
+        None, help="Recipe overrides as key=value (fields of rlentropy.models.pretrain.PretrainConfig)."
+    ),
     out: Path = typer.Option(Path("runs/pretrain"), "--out", help="Where to write the model and tokenizer."),
     seed: int = typer.Option(0, "--seed"),
+    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (default: the recipe's 1500)."),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Supervised warm-up of the tiny base policy on the synthetic task (rebuilds the shipped weights)."""
     from rlentropy.models.pretrain import pretrain_command
 
-    pretrain_command(out=out, seed=seed, quiet=quiet)
+    pretrain_command(out=out, seed=seed, quiet=quiet, overrides=list(overrides or []), steps=steps)
 
 
 @app.command("eval")
@@ -150,6 +174,16 @@ def eval_(
     threads: str | None = typer.Option(
         None, "--threads", help="torch threads: a number or auto (default: the run's train.threads; auto = 1 on CPU)."
     ),
+    question_field: str | None = typer.Option(
+        None, "--question-field", help="With a dataset file: the field (dotted path) holding the question."
+    ),
+    answer_field: str | None = typer.Option(
+        None, "--answer-field", help="With a dataset file: the field (dotted path) holding the gold answer."
+    ),
+    id_field: str | None = typer.Option(None, "--id-field", help="With a dataset file: the field of a row's id."),
+    answer_format: str | None = typer.Option(
+        None, "--answer-format", help="With a dataset file: raw | int | gsm8k | boxed (how to read the gold)."
+    ),
 ) -> None:
     """pass@k, avg@n, maj@k, entropy and length of samples, for one checkpoint or all of a run."""
     from rlentropy.evaluate.run import eval_command
@@ -168,6 +202,12 @@ def eval_(
         seed=seed,
         batch_size=batch_size,
         threads=threads,
+        fields={
+            "question_field": question_field,
+            "answer_field": answer_field,
+            "id_field": id_field,
+            "answer_format": answer_format,
+        },
     )
 
 

@@ -9,7 +9,7 @@ with A > 0, with A < 0), `tokens_dropped`, plus control-specific statistics. Key
 
 Inputs are plain tensors; with a `rlentropy.tokenstats.TokenStats` `st` of the old policy:
 `clip_b_mask(st.s, adv, mask)`, `clip_v_mask(st.s, st.s_bar, adv, mask)`.
-The upstream code quirks of Clip_B / Clip_V (ALGORITHMS.md §1–2) are the defaults; each is a flag.
+The upstream code quirks of Clip_B / Clip_V (docs/algorithms.md, "Upstream quirks") are the defaults; each is a flag.
 """
 
 from __future__ import annotations

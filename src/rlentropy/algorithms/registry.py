@@ -169,6 +169,23 @@ class MethodSpec:
 S = TypeVar("S", bound=MethodSpec)
 
 
+def defined_at(obj: Any) -> tuple[str | None, str | None]:
+    """(source file, qualified name) of a function or class."""
+    code = getattr(obj, "__code__", None)
+    if code is not None:
+        return code.co_filename, getattr(obj, "__qualname__", None)
+    try:
+        return inspect.getfile(obj), getattr(obj, "__qualname__", None)
+    except (TypeError, OSError):
+        return None, None
+
+
+def same_definition(a: Any, b: Any) -> bool:
+    """True when `a` and `b` come from the same source definition (one file imported twice)."""
+    where = defined_at(a)
+    return where[0] is not None and where == defined_at(b)
+
+
 class Registry(Generic[S]):
     """A name → spec map for one family of methods, in registration order.
 
@@ -183,8 +200,11 @@ class Registry(Generic[S]):
         self._entries: dict[str, S] = {}
 
     def add(self, name: str, entry: S) -> S:
-        """Register `entry` under `name`; registering a taken name raises ValueError."""
-        if name in self._entries and self._entries[name] is not entry:
+        """Register `entry` under `name`; registering a taken name raises ValueError, unless the new entry
+        is the same definition imported again (the same file and qualified name: a plugin imported both
+        by a config's `plugins:` and by the user's own `import`), which replaces it."""
+        old = self._entries.get(name)
+        if old is not None and old is not entry and not same_definition(old.fn, entry.fn):
             raise ValueError(f"{self.family} {name!r} is already registered")
         self._entries[name] = entry
         return entry

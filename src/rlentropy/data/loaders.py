@@ -270,7 +270,8 @@ def rows_to_examples(
 
 
 def _bad_field(source: str, n: int, fld: str, key: str, report: LoadReport | None) -> None:
-    msg = f"{source}:{n}: missing field {fld!r} (data.params.{key})"
+    flag = "--" + key.replace("_", "-")
+    msg = f"{source}:{n}: missing field {fld!r} (data.params.{key}; with rlentropy eval: {flag})"
     if report is None:
         raise DataError(msg + "; set data.skip_bad_rows=true to skip such rows")
     report.skip(msg)

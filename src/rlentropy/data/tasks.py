@@ -17,9 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rlentropy.errors import ConfigError
+from rlentropy.rewards.registry import RewardSpec, get_reward, same_definition
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,10 @@ class DataConfig(BaseModel):
             Checked before any work, by `rlentropy.data.lengths.check_prompt_lengths`.
         over_long: what a longer prompt does: "error" (one line naming file:line) or "skip" (dropped;
             the count is printed and written to run_info.json).
+        reward: a reward registered with `rlentropy.rewards.register_reward` (built in: exact_match; yours
+            through the config's `plugins:`) that scores the completions instead of the task's own
+            scorer, in training and evaluation; null = the task's scorer.
+        reward_params: keyword parameters of that reward (checked against its signature).
         params: task-specific options, validated by the task factory (errors name data.params.<key>).
     """
 
@@ -84,7 +89,25 @@ class DataConfig(BaseModel):
     skip_bad_rows: bool = False
     max_prompt_tokens: int | None = Field(default=None, ge=1)
     over_long: Literal["error", "skip"] = "error"
+    reward: str | None = None
+    reward_params: dict[str, Any] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("reward")
+    @classmethod
+    def _reward_name(cls, v: str | None) -> str | None:
+        if v is not None:
+            get_reward(v)  # ValueError: "'x' is not allowed; allowed: ..."
+        return v
+
+    @model_validator(mode="after")
+    def _reward_params(self) -> DataConfig:
+        if self.reward is None:
+            if self.reward_params:
+                raise ValueError("data.reward_params: set data.reward (the reward they parameterise)")
+        else:
+            get_reward(self.reward).check_params(self.reward_params)
+        return self
 
 
 TaskFactory = Callable[[DataConfig], Task]
@@ -95,9 +118,9 @@ def register_task(name: str) -> Callable[[TaskFactory], TaskFactory]:
     """Decorator: register a task factory under `name` (a duplicate name is an error)."""
 
     def deco(factory: TaskFactory) -> TaskFactory:
-        if name in _TASKS:
+        if name in _TASKS and not same_definition(_TASKS[name], factory):
             raise ValueError(f"task {name!r} is already registered")
-        _TASKS[name] = factory
+        _TASKS[name] = factory  # the same definition imported again (a plugin imported twice) replaces it
         return factory
 
     return deco
@@ -124,4 +147,26 @@ def build_task(cfg: DataConfig, *, for_eval: bool = False) -> Task:
     key = "data.eval_task" if (for_eval and cfg.eval_task) else "data.task"
     if name not in _TASKS:
         raise ConfigError(f"{key}: unknown task {name!r}; allowed: {', '.join(sorted(_TASKS))}")
-    return _TASKS[name](cfg)
+    task = _TASKS[name](cfg)
+    if cfg.reward is not None:
+        return WithReward(task, get_reward(cfg.reward), dict(cfg.reward_params))
+    return task
+
+
+class WithReward:
+    """`task` scored by a registered reward (`data.reward`) instead of its own `score`; every other
+    attribute (examples, template, stop strings, answer extraction for maj@k) is the task's."""
+
+    def __init__(self, task: Task, reward: RewardSpec, params: dict[str, Any]) -> None:
+        self._task = task
+        self.reward = reward
+        self.reward_params = params
+        self.synthetic = getattr(task, "synthetic", type(task).__module__.startswith("rlentropy.data.synthetic"))
+
+    def score(self, completions: Sequence[str], examples: Sequence[Example]) -> list[float]:
+        if len(completions) != len(examples):
+            raise ValueError(f"examples: expected {len(completions)} examples, got {len(examples)}")
+        return self.reward.score(completions, examples, self.reward_params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._task, name)

@@ -6,6 +6,8 @@
 | r1    | the researcher seed's R1 text, ending "Response: <think>"              | `</think> <answer> … </answer>` | "</answer>" |
 | dapo  | the DAPO-Math instruction wrapper as one user message, chat template applied when the tokenizer has one | last line `Answer: …` | – |
 | chat  | "{q}" + boxed instruction as one user message, the tokenizer's chat template | `\\boxed{}` (fallbacks as plain) | – |
+| raw   | "{q}" exactly as the dataset gives it (no instruction, no chat markup)  | any (`auto` extraction; for your own reward) | – |
+| raw_chat | "{q}" as one user message of the tokenizer's chat template, nothing added | as raw | – |
 
 `dapo_wrap` / `dapo_unwrap` reproduce the DAPO-Math-17k upstream prompt byte for byte (see
 data/dapo_math_17k/SOURCE.md): `dapo_wrap(dapo_unwrap(upstream)) == upstream`.
@@ -96,6 +98,10 @@ class Template:
             return apply_chat(tokenizer, text) if _has_chat_template(tokenizer) else text + "\n"
         if self.name == "chat":
             return apply_chat(tokenizer, f"{question}\n{BOXED_INSTRUCTION}")
+        if self.name == "raw":
+            return question
+        if self.name == "raw_chat":
+            return apply_chat(tokenizer, question)
         raise ConfigError(f"data.template: unknown template {self.name!r}")
 
     def format_answer(self, answer: str, reasoning: str = "Let me think.") -> str:
@@ -113,6 +119,8 @@ TEMPLATES: dict[str, Template] = {
     "r1": Template("r1", "r1", stop_strings=("</answer>",), completion_prefix=R1_PREFIX, require_format=True),
     "dapo": Template("dapo", "dapo"),
     "chat": Template("chat", "boxed+gsm8k+dapo"),
+    "raw": Template("raw", "auto"),
+    "raw_chat": Template("raw_chat", "auto"),
 }
 
 

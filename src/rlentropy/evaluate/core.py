@@ -87,12 +87,14 @@ def _make_generator(
     temperature: float,
     top_p: float,
     batch_size: int | None,
+    engine: str = "auto",
 ) -> Any:
     kwargs: dict[str, Any] = dict(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_p=top_p,
         stop_strings=list(getattr(task, "stop_strings", []) or []),
+        engine=engine,
     )
     if batch_size is not None:
         kwargs["batch_size"] = batch_size
@@ -124,6 +126,7 @@ def evaluate_model(
     seed: int = 0,
     batch_size: int | None = None,
     progress: bool = False,
+    engine: str = "auto",
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Sample ``n`` completions for each eval prompt of ``task`` and compute the eval metrics.
 
@@ -140,6 +143,8 @@ def evaluate_model(
         batch_size: sequences per generate / statistics call (None: 64 sequences per chunk and the
             generator's own default micro-batch).
         progress: show a rich progress bar over prompts.
+        engine: the sampling engine of `rlentropy.rollout.hf.HFGenerator` ("auto", "lean", "hf_generate";
+            the run's `rollout.engine`).
 
     Returns:
         ``(metrics, samples)``. ``metrics`` holds ``pass@k`` and ``maj@k`` for k = 1, 2, 4, … ≤ n (and
@@ -179,6 +184,7 @@ def evaluate_model(
         temperature=temperature,
         top_p=top_p,
         batch_size=batch_size,
+        engine=engine,
     )
     per_chunk = max(1, (batch_size or DEFAULT_SEQUENCES_PER_CHUNK) // n)
 

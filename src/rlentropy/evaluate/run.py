@@ -40,8 +40,8 @@ from rlentropy.models.loading import load_policy, load_tokenizer
 from rlentropy.runs.checkpoints import checkpoint_problem, scan_checkpoints
 from rlentropy.runs.config import config_from_dict, read_yaml
 
-# Defaults of the Clip_B / Clip_V recipes (ALGORITHMS.md): T = 0.7, 32 samples on real data; fewer on
-# the synthetic tasks, whose prompts are many and short.
+# Defaults of the Clip_B / Clip_V recipes (their papers' evaluation; docs/recipes.md): T = 0.7, 32 samples
+# on real data; fewer on the synthetic tasks, whose prompts are many and short.
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 1.0
 DEFAULT_N_REAL = 32
@@ -68,7 +68,15 @@ def eval_settings(cfg: Any, task: Any, *, seed: int) -> dict[str, Any]:
         "max_new_tokens": int(e.max_new_tokens or cfg.rollout.max_new_tokens),
         "max_prompts": e.max_prompts,
         "seed": int(seed),
+        **engine_setting(cfg),
     }
+
+
+def engine_setting(cfg: Any) -> dict[str, str]:
+    """{"engine": ...} when the run chose a sampling engine other than "auto" (the samples depend on it),
+    else {} (so the settings of results written before the key existed still match)."""
+    engine = getattr(cfg.rollout, "engine", "auto")
+    return {} if engine == "auto" else {"engine": engine}
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -263,19 +271,34 @@ def _resolve_device(name: str) -> Any:
     return torch.device("cpu")
 
 
-def build_eval_task(cfg: Any, dataset: str | None) -> Any:
+FIELD_OPTIONS = ("question_field", "answer_field", "id_field", "answer_format")
+"""The file task's field mapping (`data.params.<key>`), which `rlentropy eval --question-field …` sets."""
+
+
+def build_eval_task(cfg: Any, dataset: str | None, fields: dict[str, str] | None = None) -> Any:
     """The eval task of a run config, or of ``dataset`` (a task name, or a dataset file).
 
-    A dataset file (jsonl / parquet) is read with the "file" task, every row an eval prompt; a task
-    name keeps the run's template and seed.
+    A dataset file (jsonl / parquet) is read with the "file" task, every row an eval prompt, with the
+    run's template, seed, `data.skip_bad_rows` and `data.reward`; its field mapping is the run's when
+    the run trained on a file, with ``fields`` (keys of `FIELD_OPTIONS`) on top. A task name keeps the
+    run's template and seed, and scores with that task's own scorer.
+
+    Raises:
+        UserError: ``fields`` without a dataset file.
     """
     data = cfg.data
+    fields = {k: v for k, v in (fields or {}).items() if v is not None}
+    is_file = dataset is not None and Path(dataset).is_file()
+    if fields and not is_file:
+        flags = ", ".join("--" + k.replace("_", "-") for k in fields)
+        raise UserError(f"{flags}: the field mapping applies to a dataset file (--dataset my.jsonl)")
     if dataset is None:
         return build_task(data, for_eval=True)
-    if Path(dataset).is_file():
+    if is_file:
         # the "file" task (rlentropy.data.math) with every row of the file as the eval set; a run that
         # trained on a file keeps its field names / answer format
-        params = dict(data.params) if data.task == "file" else {}
+        params = {k: v for k, v in data.params.items() if k not in ("eval_size",)} if data.task == "file" else {}
+        params.update(fields)
         params["eval_path"] = str(dataset)
         dc = DataConfig(
             task="file",
@@ -283,6 +306,8 @@ def build_eval_task(cfg: Any, dataset: str | None) -> Any:
             template=data.template,
             seed=data.seed,
             skip_bad_rows=data.skip_bad_rows,
+            reward=data.reward,
+            reward_params=dict(data.reward_params),
             params=params,
         )
         return build_task(dc, for_eval=True)
@@ -307,6 +332,7 @@ def evaluate_run(
     log: Callable[[str], None] = print,
     warn: Callable[[str], None] | None = None,
     threads: int | str | None = None,
+    fields: dict[str, str] | None = None,
 ) -> Path:
     """Evaluate a checkpoint or every checkpoint of a run; write eval/ files; return the eval dir.
 
@@ -326,6 +352,8 @@ def evaluate_run(
         log: where one line per checkpoint goes.
         warn: where skipped (broken) checkpoints and skipped over-long prompts are named (default: log).
         threads: torch threads, a number or "auto" (default: the run's ``train.threads``); restored after.
+        fields: the field mapping of a dataset file (question_field, answer_field, id_field,
+            answer_format), on top of the run's when it trained on a file.
 
     Prompts longer than the run's ``data.max_prompt_tokens`` (default: the model's context less
     ``max_new_tokens``) fail or are skipped as ``data.over_long`` says, before any checkpoint is loaded.
@@ -339,12 +367,16 @@ def evaluate_run(
     warn = warn or log
     for step, _ck, problem in broken:
         warn(f"step_{step}: skipped, broken checkpoint ({problem})")
+    if not ckpts:  # the base model alone is not what `eval RUN` was asked for: say so, evaluate nothing
+        raise UserError(
+            f"{run_dir}: no complete checkpoint under {run_dir / 'checkpoints'} to evaluate (the run saved none: "
+            "it stopped before its first checkpoint, or checkpoint.every is 0 and checkpoint.save_final false); "
+            "nothing was evaluated"
+        )
     if is_run and include_base and not any(s == 0 for s, _ in ckpts):
         ckpts = [(0, None), *ckpts]
-    if not ckpts:
-        raise UserError(f"{run_dir}: no complete checkpoint under {run_dir / 'checkpoints'} to evaluate")
 
-    task = build_eval_task(cfg, dataset)
+    task = build_eval_task(cfg, dataset, fields)
     synthetic = _is_synthetic(task)
     default_name = cfg.data.eval_task or cfg.data.task
     subdir = None if dataset is None or dataset == default_name else dataset_label(dataset)
@@ -359,6 +391,7 @@ def evaluate_run(
         ),
         "max_prompts": max_prompts if max_prompts is not None else cfg.eval.max_prompts,
         "seed": int(seed),
+        **engine_setting(cfg),
     }
     for key, ok, need in (
         ("n", settings["n"] >= 1, ">= 1"),
@@ -400,6 +433,20 @@ def _set_eval_threads(setting: int | str, device: Any) -> None:
 def _fitting_prompts(cfg: Any, task: Any, ckpt: Path | None, max_new_tokens: int, warn: Callable[[str], None]) -> Any:
     """The task with its eval prompts checked against the prompt limit (data.over_long: error or skip)."""
     tokenizer, context = load_tokenizer(cfg.model, checkpoint=ckpt)
+    return fit_eval_prompts(cfg, task, tokenizer, context=context, max_new_tokens=max_new_tokens, warn=warn)
+
+
+def fit_eval_prompts(
+    cfg: Any, task: Any, tokenizer: Any, *, context: int | None, max_new_tokens: int, warn: Callable[[str], None]
+) -> Any:
+    """`task` with only the eval prompts that fit `data.max_prompt_tokens` (default: `context` less
+    `max_new_tokens`): a longer one is an error naming file:line (`data.over_long: error`) or skipped
+    and counted through `warn` (`skip`). Never silent: `rlentropy eval`, the demo and the studies call it.
+
+    Raises:
+        DataError: an over-long prompt with `data.over_long: error`.
+        UserError: every eval prompt is over-long.
+    """
     limit = prompt_token_limit(cfg.data, context=context, max_new_tokens=max_new_tokens)
     kept, report = check_prompt_lengths(
         task.eval_examples(), task, tokenizer, limit=limit, policy=cfg.data.over_long, split="eval"
@@ -450,6 +497,7 @@ def _evaluate_checkpoints(
             seed=settings["seed"],
             batch_size=bsz,
             progress=progress,
+            engine=cfg.rollout.engine,
         )
         save_eval_result(
             run_dir,
@@ -490,6 +538,7 @@ def eval_command(
     seed: int = 0,
     batch_size: int | None = None,
     threads: str | None = None,
+    fields: dict[str, str] | None = None,
 ) -> None:
     """CLI body of `rlentropy eval`."""
     from transformers.utils import logging as hf_logging
@@ -511,6 +560,7 @@ def eval_command(
         log=(lambda _msg: None) if quiet else print,
         warn=lambda msg: print(msg, file=sys.stderr),
         threads=threads if threads in (None, "auto") else _threads_arg(threads),
+        fields=fields,
     )
     if not quiet:
         print(f"results in {out} (metrics.csv)")

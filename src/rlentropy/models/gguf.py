@@ -140,6 +140,19 @@ def cached_gguf_dir(path_or_alias: str) -> Path:
     return out
 
 
+def gguf_config_and_tokenizer(path_or_alias: str) -> tuple[Any, Any]:
+    """(config, tokenizer) of a GGUF without de-quantizing its weights: from the cached HF copy when
+    there is one, else from the GGUF's own metadata (`rlentropy check`)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    p = resolve_gguf(path_or_alias)
+    out = cache_root() / "gguf" / f"{p.stem}-{_file_digest(p)[:16]}"
+    if (out / "config.json").is_file():
+        return AutoConfig.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    folder, name = str(p.parent), p.name
+    return AutoConfig.from_pretrained(folder, gguf_file=name), AutoTokenizer.from_pretrained(folder, gguf_file=name)
+
+
 def load_gguf_policy(path_or_alias: str, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """(model, tokenizer) for a GGUF file or alias, via the cached safetensors copy.
 

@@ -160,14 +160,15 @@ def resolve_model_source(path: str | None, *, allow_download: bool = False) -> t
 def _quantization_config(cfg: ModelConfig, device: torch.device) -> Any:
     if not cfg.load_in_4bit:
         return None
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as err:
-        raise ConfigError("model.load_in_4bit: needs the bitsandbytes package (pip install bitsandbytes)") from err
+    # The device first: on a machine without a GPU, installing bitsandbytes would not help.
     if device.type != "cuda":
         raise ConfigError("model.load_in_4bit: 4-bit base weights need a CUDA GPU; none is available here")
     if not cfg.lora.enabled:
         raise ConfigError("model.load_in_4bit: a 4-bit base cannot be trained directly; set model.lora.enabled=true")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise ConfigError("model.load_in_4bit: needs the bitsandbytes package (pip install bitsandbytes)") from err
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
@@ -258,6 +259,79 @@ def load_tokenizer(cfg: ModelConfig, *, checkpoint: str | Path | None = None) ->
     except (OSError, ValueError):
         config = None
     return tokenizer, context_length(config)
+
+
+@dataclass
+class ModelInspection:
+    """What `load_policy` would load, read without the weights (`inspect_model`).
+
+    Attributes:
+        kind: "shipped", "local", "gguf" or "hub". location: the directory, file or hub name.
+        config: the model's `PretrainedConfig`, or None (a hub model not in the local cache).
+        tokenizer: its tokenizer, or None (likewise).
+        cached: False for a hub model whose config.json is not in the local Hugging Face cache.
+        weights: the weight files found (names), empty when not looked for (hub, GGUF).
+    """
+
+    kind: str
+    location: str | None
+    config: Any = None
+    tokenizer: Any = None
+    cached: bool = True
+    weights: tuple[str, ...] = ()
+
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "adapter_model.*")
+
+
+def inspect_model(cfg: ModelConfig) -> ModelInspection:
+    """The config and tokenizer of the policy `cfg` names, without loading, downloading or converting
+    weights: `rlentropy check`'s view of the model.
+
+    Raises:
+        ConfigError: what `load_policy` would raise about the path (missing, a file, no config.json), or
+            an unreadable config / tokenizer.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    kind, location = resolve_model_source(cfg.path, allow_download=True)  # the cache is looked at below
+    if kind == "gguf":
+        from rlentropy.models.gguf import gguf_config_and_tokenizer
+
+        config, tokenizer = gguf_config_and_tokenizer(location)
+        if cfg.tokenizer:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer, local_files_only=True)
+        return ModelInspection(kind, location, config, tokenizer)
+    if kind == "shipped":
+        from rlentropy.models.tiny import shipped_policy_path
+
+        location = str(shipped_policy_path())
+    if kind == "hub":
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = isinstance(try_to_load_from_cache(location, "config.json"), str)
+        except Exception:  # noqa: BLE001 - any hub-side failure means "not usable offline"
+            cached = False
+        if not cached:
+            return ModelInspection(kind, location, cached=False)
+    weights: tuple[str, ...] = ()
+    if kind in ("shipped", "local"):
+        weights = tuple(sorted({f.name for pat in WEIGHT_PATTERNS for f in Path(location).glob(pat)}))
+    try:
+        config = AutoConfig.from_pretrained(location, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"model.path: cannot read the model config of {location!r}: {str(err).splitlines()[0]}"
+        ) from None
+    tok_src = cfg.tokenizer or location
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tok_src, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"model.tokenizer: cannot load a tokenizer from {tok_src!r}: {str(err).splitlines()[0]}"
+        ) from None
+    return ModelInspection(kind, location, config, tokenizer, weights=weights)
 
 
 def _apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
@@ -353,6 +427,24 @@ def load_reference(cfg: ModelConfig, *, device: torch.device | str = "cpu") -> t
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def count_parameters(config: Any, lora: LoraConfig) -> tuple[int, int]:
+    """(trainable, total) parameters of the CausalLM `config` describes, with `lora` applied, counted on
+    the meta device (no memory, no weights). Tied weights count once."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+            if lora.enabled:
+                model = _apply_lora(model, lora)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return num_parameters(model)
 
 
 def num_parameters(model: torch.nn.Module) -> tuple[int, int]:

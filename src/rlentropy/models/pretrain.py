@@ -28,8 +28,9 @@ from typing import Any
 import torch
 
 from rlentropy.data.tasks import DataConfig, Example
+from rlentropy.errors import ConfigError
 
-__all__ = ["PretrainConfig", "pretrain", "pretrain_command", "evaluate_pass_at_k", "encode_sft_batch"]
+__all__ = ["PretrainConfig", "pretrain", "pretrain_command", "recipe_with", "evaluate_pass_at_k", "encode_sft_batch"]
 
 
 @dataclass(frozen=True)
@@ -299,9 +300,40 @@ Prompt format: `Make 22 from 3 5 7:`; the model answers with an expression such 
 DEFAULT_RECIPE = PretrainConfig()
 
 
-def pretrain_command(out: Path, seed: int, quiet: bool) -> None:
-    """`rlentropy pretrain`: run the default recipe (`DEFAULT_RECIPE`) and print the evaluation."""
-    m = pretrain(Path(out), seed=seed, cfg=DEFAULT_RECIPE, quiet=quiet)
+def recipe_with(overrides: Sequence[str], steps: int | None = None) -> PretrainConfig:
+    """`DEFAULT_RECIPE` with `key=value` overrides of its fields (and `steps`, which wins).
+
+    Raises:
+        ConfigError: an unknown key, a malformed item, or a value of the wrong type or sign, naming it.
+    """
+    from dataclasses import fields, replace
+
+    types = {f.name: type(getattr(DEFAULT_RECIPE, f.name)) for f in fields(PretrainConfig)}
+    changes: dict[str, Any] = {}
+    for item in [*overrides, *([f"steps={steps}"] if steps is not None else [])]:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"pretrain: override {item!r}: expected key=value")
+        if key not in types:
+            raise ConfigError(f"pretrain: {key}: unknown key; allowed keys: {', '.join(types)}")
+        try:
+            value = types[key](raw.strip())
+        except ValueError:
+            raise ConfigError(f"pretrain: {key}: expected {types[key].__name__}, got {raw!r}") from None
+        floor_ok = key in ("weight_decay", "warmup")  # these may be 0
+        if value < 0 or (value == 0 and not floor_ok):
+            raise ConfigError(f"pretrain: {key}: must be {'>= 0' if floor_ok else '> 0'}, got {raw!r}")
+        changes[key] = value
+    return replace(DEFAULT_RECIPE, **changes)
+
+
+def pretrain_command(
+    out: Path, seed: int, quiet: bool, overrides: Sequence[str] = (), steps: int | None = None
+) -> None:
+    """`rlentropy pretrain [key=value ...] [--steps N]`: run the default recipe (`DEFAULT_RECIPE`) with the
+    overrides (e.g. `--steps 5 eval_prompts=4 eval_samples=2` for a smoke test) and print the evaluation."""
+    m = pretrain(Path(out), seed=seed, cfg=recipe_with(overrides, steps), quiet=quiet)
     n = m["samples_per_prompt"]
     print(
         f"pretrain: wrote {out} ({m['parameters']} parameters, {m['total_seconds']:.0f} s); "

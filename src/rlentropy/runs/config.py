@@ -20,6 +20,7 @@ from rlentropy.algorithms.dispatch import configure_controls, control_names
 from rlentropy.data.tasks import DataConfig
 from rlentropy.errors import ConfigError
 from rlentropy.models.loading import ModelConfig
+from rlentropy.runs.plugins import load_plugins
 
 AggregationMode = Literal[
     "token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
@@ -85,22 +86,32 @@ class _Section(BaseModel):
 
 
 class RolloutConfig(_Section):
-    """`rollout:` how completions are sampled (HF generate with KV cache).
+    """`rollout:` how completions are sampled (`rlentropy.rollout.hf.HFGenerator`).
 
     Attributes:
+        engine: "auto" (the lean loop for decoder-only models, HF generate for encoder-decoder ones),
+            "lean" (our KV-cache decode loop: each prompt prefilled once, finished rows dropped) or
+            "hf_generate" (`model.generate`; for a model whose cache the lean loop cannot reorder). Both
+            sample the same distribution; their random streams differ. Evaluation uses it too. ("hf",
+            the old name of "auto", is still read.)
         max_new_tokens: response length cap. temperature / top_p: sampling distribution (the same
-        temperature scales the logits of every statistic and of the loss). batch_size: sequences per
-        generate call (null = all at once). per_prompt_seeds: sample each prompt's group in its own
-        generate call seeded by (train.seed, step, global prompt index), so the samples do not depend on
-        how prompts are split over processes (slower; for multi-process parity checks).
+            temperature scales the logits of every statistic and of the loss). batch_size: sequences per
+            generate call (null = all at once). per_prompt_seeds: sample each prompt's group in its own
+            generate call seeded by (train.seed, step, global prompt index), so the samples do not depend
+            on how prompts are split over processes (slower; for multi-process parity checks).
     """
 
-    engine: Literal["hf"] = "hf"
+    engine: Literal["auto", "lean", "hf_generate"] = "auto"
     max_new_tokens: int = Field(default=64, ge=1)
     temperature: float = Field(default=1.0, gt=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
     batch_size: int | None = Field(default=None, ge=1)
     per_prompt_seeds: bool = False
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _old_engine_name(cls, v: Any) -> Any:
+        return "auto" if v == "hf" else v  # config.yaml of runs written before the key chose an engine
 
 
 class KLConfig(_Section):
@@ -232,7 +243,8 @@ class OptimConfig(_Section):
 
     Attributes:
         lr: peak learning rate. weight_decay, betas, eps: AdamW. warmup_steps: linear warm-up from 0.
-        schedule: after warm-up, "constant", "linear" (to 0 at train.steps) or "cosine" (to min_lr_ratio·lr).
+        schedule: after warm-up, "constant", "linear" or "cosine", both from lr down to min_lr_ratio·lr at
+            train.steps.
     """
 
     lr: float = Field(default=1e-6, gt=0)
@@ -369,10 +381,15 @@ class StudyConfig(_Section):
 
 
 class RunConfig(_Section):
-    """The whole training config (one YAML file). `run_dir` defaults to runs/<name>."""
+    """The whole training config (one YAML file). `run_dir` defaults to runs/<name>.
+
+    `plugins`: Python files or module names imported before the rest of the config is validated, so
+    that the tasks, rewards and methods they register can be named in it (`rlentropy.runs.plugins`).
+    """
 
     name: str = "run"
     run_dir: str | None = None
+    plugins: list[str] = Field(default_factory=list)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
@@ -539,8 +556,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    """Validate a nested dict into a `RunConfig` (ConfigError with one line on failure)."""
+def config_from_dict(data: dict[str, Any], *, base_dir: str | Path | None = None) -> RunConfig:
+    """Validate a nested dict into a `RunConfig` (ConfigError with one line on failure).
+
+    The `plugins:` entries are imported first (files looked up in the working directory, then in
+    `base_dir`, the config file's directory) and recorded resolved, so the names they register
+    validate and a run's config.yaml finds them again.
+    """
+    if isinstance(data, dict) and data.get("plugins") is not None:
+        data = {**data, "plugins": load_plugins(data["plugins"], base_dir=base_dir)}
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
@@ -550,7 +574,8 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """YAML file (or defaults when None) + overrides → validated `RunConfig`."""
     data = read_yaml(path) if path is not None else {}
-    return config_from_dict(apply_overrides(data, list(overrides or [])))
+    base_dir = Path(path).resolve().parent if path is not None else None
+    return config_from_dict(apply_overrides(data, list(overrides or [])), base_dir=base_dir)
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -402,23 +402,58 @@ STUDIES = ("controls", "long", "quadrants")
 LONG_CONFIG = "study_long_countdown.yaml"
 
 
-def demo_command(seeds: int, study: str, out: Path | None, quiet: bool) -> Path:
+def demo_command(
+    seeds: int,
+    study: str,
+    out: Path | None,
+    quiet: bool,
+    *,
+    overrides: list[str] | None = None,
+    steps: int | None = None,
+    methods: list[str] | None = None,
+) -> Path:
     """CLI entry of `rlentropy demo`.
 
     `--study controls` (default): the demo; with `--seeds N > 1` it runs as a study (`rlentropy study`
     on the demo config) and reports means with 95 % intervals over seeds. `--study long`: the long study
     (configs/study_long_countdown.yaml, a real collapse and every control, 3 seeds). `--study quadrants`:
     the Theorem 3.2 check.
+
+    `overrides` (`key=value`) apply to every run, `steps` sets `train.steps` of every run (last, so it
+    wins), `methods` runs a subset of the methods (not with quadrants, whose arms are fixed).
     """
     if seeds < 1:
         raise ConfigError(f"--seeds: must be >= 1, got {seeds}")
+    if steps is not None and steps < 1:
+        raise ConfigError(f"--steps: must be >= 1, got {steps}")
     if study not in STUDIES:
         raise ConfigError(f"--study: unknown study {study!r}; allowed: {', '.join(STUDIES)}")
+    extra = [*(overrides or []), *([f"train.steps={steps}"] if steps is not None else [])]
+    for item in extra:
+        parse_override(item)  # a malformed override fails before any work, naming itself
     if study == "quadrants":
-        return run_quadrant_study(out or Path("runs/quadrants"), seeds, quiet)
+        if methods:
+            raise ConfigError("--methods: the quadrant study runs its five fixed arms")
+        return run_quadrant_study(
+            out or Path("runs/quadrants"), seeds, quiet, steps=steps or 8, overrides=list(overrides or [])
+        )
     if study == "long":
         cfg = demo_config_path().with_name(LONG_CONFIG)
-        return run_study(cfg, out or Path("runs/study-long"), seeds=seeds if seeds > 1 else None, quiet=quiet)
+        return run_study(
+            cfg,
+            out or Path("runs/study-long"),
+            seeds=seeds if seeds > 1 else None,
+            quiet=quiet,
+            overrides=extra,
+            methods=methods,
+        )
     if seeds > 1:
-        return run_study(demo_config_path(), out or Path("runs/demo-seeds"), seeds=seeds, quiet=quiet)
-    return run_demo(out or Path("runs/demo"), seeds=seeds, quiet=quiet)
+        return run_study(
+            demo_config_path(),
+            out or Path("runs/demo-seeds"),
+            seeds=seeds,
+            quiet=quiet,
+            overrides=extra,
+            methods=methods,
+        )
+    return run_demo(out or Path("runs/demo"), seeds=seeds, quiet=quiet, overrides=extra, methods=methods)

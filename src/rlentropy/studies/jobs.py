@@ -19,6 +19,7 @@ import gzip
 import json
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,8 @@ import torch
 from rlentropy.data import build_task
 from rlentropy.dynamics import prediction_agreement
 from rlentropy.evaluate import evaluate_model
-from rlentropy.evaluate.run import eval_settings, read_eval_result, save_eval_result
-from rlentropy.models.loading import load_policy
+from rlentropy.evaluate.run import eval_settings, fit_eval_prompts, read_eval_result, save_eval_result
+from rlentropy.models.loading import context_length, load_policy, unwrap_causal_lm
 from rlentropy.runs.checkpoints import latest_checkpoint
 from rlentropy.runs.config import load_config
 from rlentropy.studies.runs import read_history, same_config, train_to_end
@@ -45,9 +46,15 @@ FINAL_WINDOW = 5
 def evaluate_policy(
     model: Any, tokenizer: Any, cfg: Any
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
-    """(metrics, samples, settings) of the study evaluation of `model` (the config's `eval:`, EVAL_SEED)."""
+    """(metrics, samples, settings) of the study evaluation of `model` (the config's `eval:`, EVAL_SEED).
+
+    The eval prompts are checked against the model's context less the eval's new tokens first
+    (`data.over_long`: an error, or skipped with a line on stderr), as `rlentropy eval` does.
+    """
     task = build_task(cfg.data, for_eval=True)
     st = eval_settings(cfg, task, seed=EVAL_SEED)
+    context = context_length(getattr(unwrap_causal_lm(model), "config", None))
+    task = fit_eval_prompts(cfg, task, tokenizer, context=context, max_new_tokens=st["max_new_tokens"], warn=_notice)
     m, samples = evaluate_model(
         model,
         tokenizer,
@@ -59,8 +66,13 @@ def evaluate_policy(
         max_prompts=st["max_prompts"],
         seed=st["seed"],
         batch_size=cfg.rollout.batch_size,
+        engine=cfg.rollout.engine,
     )
     return m, samples, st
+
+
+def _notice(message: str) -> None:
+    print(f"data: {message}", file=sys.stderr, flush=True)
 
 
 def _target(cfg: Any) -> float | None:

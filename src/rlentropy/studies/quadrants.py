@@ -19,7 +19,7 @@ from typing import Any
 
 from rlentropy.dynamics import QUADRANTS, THEOREM_SIGN, prediction_agreement
 from rlentropy.errors import ConfigError
-from rlentropy.runs.config import config_from_dict
+from rlentropy.runs.config import apply_overrides, config_from_dict
 from rlentropy.studies.runs import read_history, train_to_end
 from rlentropy.train.run import run_training
 
@@ -215,6 +215,7 @@ def run_quadrant_study(
     base: dict | None = None,
     arms: tuple[str, ...] = ARMS,
     train_fn: Callable[..., Any] | None = None,
+    overrides: list[str] | None = None,
 ) -> Path:
     """Run every arm for `seeds` seeds and write `<out>/summary.md` and `<out>/summary.json`.
 
@@ -228,6 +229,8 @@ def run_quadrant_study(
         train_fn: `fn(cfg: RunConfig, resume=..., quiet=...) -> trainer`; default
             `rlentropy.train.run.run_training`. An arm whose run directory holds its finished run is not
             trained again; an interrupted one resumes (`rlentropy.studies.runs.train_to_end`).
+        overrides: `key=value` overrides applied to every arm's config (after `base`; `rlentropy demo
+            --study quadrants model.path=... --steps 2`).
 
     Returns:
         The path of summary.md (summary.json beside it holds {"arms": {arm: row}, "runs": [...]}).
@@ -241,9 +244,8 @@ def run_quadrant_study(
     records = []
     for seed in range(seeds):
         for arm in arms:
-            cfg = config_from_dict(
-                quadrant_study_config(arm, seed=seed, run_dir=out_dir / f"{arm}-s{seed}", steps=steps, base=base)
-            )
+            data = quadrant_study_config(arm, seed=seed, run_dir=out_dir / f"{arm}-s{seed}", steps=steps, base=base)
+            cfg = config_from_dict(apply_overrides(data, list(overrides or [])))
             if not quiet:
                 print(f"[quadrants] seed {seed} arm {arm}: {steps} steps", flush=True)
             train_to_end(cfg, quiet=quiet, train_fn=train_fn)

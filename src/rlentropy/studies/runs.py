@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rlentropy.runs.checkpoints import latest_checkpoint, list_checkpoints
-from rlentropy.runs.config import RunConfig, read_yaml
+from rlentropy.runs.config import RunConfig, config_from_dict, read_yaml
 from rlentropy.train.run import run_training
 
 EXECUTION_ONLY = (("train", "threads"),)
@@ -42,6 +42,10 @@ def same_config(run_dir: str | Path, cfg: RunConfig) -> bool:
     try:
         saved = read_yaml(path)
     except Exception:  # noqa: BLE001 - an unreadable config.yaml is not this config
+        return False
+    try:  # read as the current schema (a key's old spelling, rollout.engine: hf, is the same config)
+        saved = config_from_dict(saved).model_dump(mode="json")
+    except Exception:  # noqa: BLE001 - a config.yaml this version cannot read is not this config
         return False
     return _comparable(saved) == _comparable(cfg.model_dump(mode="json"))
 

@@ -77,7 +77,11 @@ def _steps_done(run_dir: Path) -> int:
 def execute(
     jobs: list[dict[str, Any]], base: dict[str, Any], *, workers: int, steps: int, console: Console, quiet: bool
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Run the jobs (and the base evaluation) in `workers` processes; a bar over every training step."""
+    """Run the jobs (and the base evaluation) in `workers` processes; a bar over every training step.
+
+    With one worker the runs go one after the other in this process (no worker process to start)."""
+    if workers == 1:
+        return _execute_here(jobs, base, console=console)
     cols = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -108,6 +112,22 @@ def execute(
         bar.update(task, completed=len(jobs) * steps)
         base_row = base_fut.result()
     return rows, base_row
+
+
+def _execute_here(
+    jobs: list[dict[str, Any]], base: dict[str, Any], *, console: Console
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`execute` with one worker: every job in this process, in order, then the base evaluation."""
+    rows = []
+    for job in jobs:
+        row = run_job(job)
+        rows.append(row)
+        console.print(
+            f"  {job['method']:>14} seed {job['seed']}: H {row['entropy_first']:.3f} → "
+            f"{row['entropy_final']:.3f}, pass@1 {row.get('pass@1', math.nan):.3f}"
+            + (" (resumed)" if row.get("resumed") else "")
+        )
+    return rows, base_job(base)
 
 
 def summarise(rows: list[dict[str, Any]], *, baseline: str, k_max: int) -> dict[str, Any]:

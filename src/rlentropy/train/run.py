@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rlentropy.errors import ConfigError, find_disk_full
+from rlentropy.runs.checkpoints import latest_checkpoint
 from rlentropy.runs.config import RunConfig, apply_overrides, config_from_dict, load_config, read_yaml
 from rlentropy.train.trainer import StepHook, Trainer
 
@@ -47,6 +48,22 @@ def run_training(
     return trainer
 
 
+def finished_message(cfg: RunConfig) -> str | None:
+    """For `--resume`: a line saying the run is already finished (its newest checkpoint is at or past
+    train.steps, and its final evaluation, when asked for, is written), else None."""
+    run_dir = cfg.resolved_run_dir()
+    found = latest_checkpoint(run_dir)
+    if found is None or found[0] < cfg.train.steps:
+        return None
+    step = found[0]
+    if cfg.eval.at_end and not (run_dir / "eval" / f"step_{step}" / "metrics.json").is_file():
+        return None  # stopped during its final evaluation: the trainer runs it
+    return (
+        f"{run_dir}: already finished at step {step} (train.steps is {cfg.train.steps}); nothing to train. "
+        f"To train further: rlentropy train --resume {run_dir} train.steps={step + cfg.train.steps}"
+    )
+
+
 def train_command(config: Path | None, overrides: list[str], resume: Path | None, quiet: bool) -> Any:
     """CLI entry: either a config (+ overrides) or `--resume RUN_DIR` (+ overrides)."""
     if resume is not None:
@@ -54,6 +71,10 @@ def train_command(config: Path | None, overrides: list[str], resume: Path | None
             # typer puts the first positional into `config`; with --resume it is an override
             overrides = [str(config), *overrides]
         cfg = resume_config(resume, overrides)
+        done = finished_message(cfg)
+        if done is not None:  # nothing to train: say so instead of a summary of no steps
+            print(done)
+            return None
         trainer = run_training(cfg, resume=True, quiet=quiet)
     else:
         if config is None:
@@ -65,9 +86,12 @@ def train_command(config: Path | None, overrides: list[str], resume: Path | None
     if not quiet:
         from rich.console import Console
 
-        last = trainer.history[-1] if trainer.history else {}
-        Console().print(
-            f"[bold]done[/]: {trainer.step} steps in {trainer.run_dir} — "
-            f"reward {last.get('reward/mean', float('nan')):.3f}, entropy {last.get('entropy/mean', float('nan')):.3f}"
-        )
+        if trainer.history:
+            last = trainer.history[-1]
+            Console().print(
+                f"[bold]done[/]: {trainer.step} steps in {trainer.run_dir} — "
+                f"reward {last['reward/mean']:.3f}, entropy {last['entropy/mean']:.3f}"
+            )
+        else:  # resumed at its last step only to write the final evaluation
+            Console().print(f"[bold]done[/]: {trainer.run_dir} at step {trainer.step}; no step left to train")
     return trainer

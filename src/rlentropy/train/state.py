@@ -22,7 +22,12 @@ def derive_seed(seed: int, *parts: Any) -> int:
 def make_lr_lambda(
     *, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float
 ) -> Callable[[int], float]:
-    """LR multiplier at scheduler step s (s completed steps): linear warm-up, then constant/linear/cosine."""
+    """LR multiplier at scheduler step s (s completed steps): linear warm-up, then constant/linear/cosine.
+
+    After warm-up, frac = (s − warmup_steps) / (total_steps − warmup_steps) runs from 0 to 1 at
+    s = total_steps; "linear" is 1 − (1 − min_lr_ratio)·frac and "cosine" min_lr_ratio +
+    (1 − min_lr_ratio)·(1 + cos(π·frac))/2: both start at 1 and reach min_lr_ratio at train.steps.
+    """
 
     def fn(s: int) -> float:
         if warmup_steps > 0 and s < warmup_steps:
@@ -32,7 +37,7 @@ def make_lr_lambda(
         span = max(1, total_steps - warmup_steps)
         frac = min(1.0, max(0.0, (s - warmup_steps) / span))
         if schedule == "linear":
-            return max(min_lr_ratio, 1.0 - frac)
+            return 1.0 - (1.0 - min_lr_ratio) * frac
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
     return fn

@@ -320,6 +320,7 @@ class Trainer:
             top_p=r.top_p,
             stop_strings=list(self.task.stop_strings),
             batch_size=r.batch_size,
+            engine=r.engine,
         )
         self.probe = DynamicsProbe(cfg.probes, run_dir=self.run_dir if self.is_main else None)
         t, kl = cfg.train, cfg.algorithm.kl
@@ -752,6 +753,7 @@ class Trainer:
                 max_prompts=settings["max_prompts"],
                 seed=settings["seed"],
                 batch_size=self.cfg.rollout.batch_size,
+                engine=self.cfg.rollout.engine,
             )
         save_eval_result(self.run_dir, step, metrics, samples, settings=settings, checkpoint=f"in-training step {step}")
         return {f"eval/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
