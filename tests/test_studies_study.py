@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,3 +120,31 @@ def test_two_methods_two_seeds_end_to_end_and_resume(tmp_path, tiny_model_dir):
     assert rows[("clip_b", 1)]["resumed"] is True and rows[("clip_b", 1)]["steps"] == 2
     assert all(p.stat().st_mtime_ns == t for p, t in untouched.items())  # finished runs were not rerun
     assert len((victim / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_progress_in_a_log_file_is_a_plain_line_with_an_eta(tmp_path):
+    """Under nohup (no terminal) the study prints `study steps N/M … ETA` lines; steps done before the
+    study started (a resume) count as done but not toward the speed."""
+    import io
+
+    from rich.console import Console
+
+    from rlentropy.studies.study import _StudyProgress
+
+    jobs = [{"run_dir": str(tmp_path / f"r{i}")} for i in range(2)]
+    for j in jobs:
+        Path(j["run_dir"]).mkdir()
+    (tmp_path / "r0" / "metrics.jsonl").write_text('{"step": 1}\n' * 4, encoding="utf-8")  # resumed: 4 done
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=False, width=200)
+    with _StudyProgress(jobs, 10, console=console, quiet=False, every_s=0.0) as progress:
+        assert progress.bar is None and progress.first == 4
+        (tmp_path / "r1" / "metrics.jsonl").write_text('{"step": 1}\n' * 12, encoding="utf-8")  # capped at 10
+        progress.t0 -= 60.0  # 10 new steps in one minute: 6 left → ETA 1 min
+        progress.poll()
+    line = buf.getvalue().strip()
+    assert line.startswith("study steps 14/20, 1 min elapsed, ETA 1 min"), line
+    quiet = io.StringIO()
+    with _StudyProgress(jobs, 10, console=Console(file=quiet), quiet=True, every_s=0.0) as progress:
+        progress.poll()
+    assert quiet.getvalue() == ""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
@@ -74,60 +75,106 @@ def _steps_done(run_dir: Path) -> int:
         return 0
 
 
+class _StudyProgress:
+    """Training steps of the whole study: a rich bar with an ETA on a terminal; on anything else (a log
+    file under nohup) a plain line every `every_s` seconds. Steps already done when the study starts (a
+    resumed study) count as done but not toward the speed behind the ETA."""
+
+    def __init__(self, jobs: list[dict[str, Any]], steps: int, *, console: Console, quiet: bool, every_s: float = 60.0):
+        self.dirs = [Path(j["run_dir"]) for j in jobs]
+        self.steps, self.total = steps, len(jobs) * steps
+        self.console, self.quiet, self.every_s = console, quiet, every_s
+        self.first = self.done()
+        self.t0 = self.last_line = time.monotonic()
+        self.bar: Progress | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def done(self) -> int:
+        return sum(min(self.steps, _steps_done(d)) for d in self.dirs)
+
+    def __enter__(self) -> _StudyProgress:
+        if not self.quiet and self.console.is_terminal:
+            cols = (
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+            )
+            self.bar = Progress(*cols, console=self.console)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("study steps", total=self.total, completed=self.first)
+        return self
+
+    def poll(self) -> None:
+        """Read every run's step count and show it (the bar, or a line when `every_s` has passed)."""
+        n = self.done()
+        if self.bar is not None:
+            self.bar.update(self.task, completed=n)
+            return
+        now = time.monotonic()
+        if self.quiet or now - self.last_line < self.every_s:
+            return
+        self.last_line = now
+        rate = (n - self.first) / max(now - self.t0, 1e-9)
+        eta = f"{(self.total - n) / rate / 60:.0f} min" if rate > 0 else "?"
+        self.console.print(f"study steps {n}/{self.total}, {(now - self.t0) / 60:.0f} min elapsed, ETA {eta}")
+
+    def poll_in_background(self) -> None:
+        """Poll every half second from a daemon thread (the runs go in this process's main thread)."""
+
+        def loop() -> None:
+            while not self._stop.wait(0.5):
+                self.poll()
+
+        self._thread = threading.Thread(target=loop, name="study-progress", daemon=True)
+        self._thread.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.bar is not None:
+            if exc[0] is None:
+                self.bar.update(self.task, completed=self.total)
+            self.bar.__exit__(*exc)
+
+
+def _print_row(console: Console, job: dict[str, Any], row: dict[str, Any]) -> None:
+    console.print(
+        f"  {job['method']:>14} seed {job['seed']}: H {row['entropy_first']:.3f} → "
+        f"{row['entropy_final']:.3f}, pass@1 {row.get('pass@1', math.nan):.3f}"
+        + (" (resumed)" if row.get("resumed") else "")
+    )
+
+
 def execute(
     jobs: list[dict[str, Any]], base: dict[str, Any], *, workers: int, steps: int, console: Console, quiet: bool
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Run the jobs (and the base evaluation) in `workers` processes; a bar over every training step.
-
-    With one worker the runs go one after the other in this process (no worker process to start)."""
-    if workers == 1:
-        return _execute_here(jobs, base, console=console)
-    cols = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
+    """Run the jobs (and the base evaluation) in `workers` processes, with progress over every training
+    step. With one worker the runs go one after the other in this process (no worker process to start)."""
     rows: list[dict[str, Any]] = []
-    with (
-        Progress(*cols, console=console, disable=quiet) as bar,
-        ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool,
-    ):
-        task = bar.add_task("study steps", total=len(jobs) * steps)
-        base_fut = pool.submit(base_job, base)
-        futs: dict[Future[Any], dict[str, Any]] = {pool.submit(run_job, j): j for j in jobs}
-        while any(not f.done() for f in futs) or not base_fut.done():
-            bar.update(task, completed=sum(min(steps, _steps_done(Path(j["run_dir"]))) for j in jobs))
-            time.sleep(0.5)
-        for fut, job in futs.items():
-            row = fut.result()  # a failed run raises here, naming its traceback
-            rows.append(row)
-            console.print(
-                f"  {job['method']:>14} seed {job['seed']}: H {row['entropy_first']:.3f} → "
-                f"{row['entropy_final']:.3f}, pass@1 {row.get('pass@1', math.nan):.3f}"
-                + (" (resumed)" if row.get("resumed") else "")
-            )
-        bar.update(task, completed=len(jobs) * steps)
-        base_row = base_fut.result()
-    return rows, base_row
-
-
-def _execute_here(
-    jobs: list[dict[str, Any]], base: dict[str, Any], *, console: Console
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """`execute` with one worker: every job in this process, in order, then the base evaluation."""
-    rows = []
-    for job in jobs:
-        row = run_job(job)
-        rows.append(row)
-        console.print(
-            f"  {job['method']:>14} seed {job['seed']}: H {row['entropy_first']:.3f} → "
-            f"{row['entropy_final']:.3f}, pass@1 {row.get('pass@1', math.nan):.3f}"
-            + (" (resumed)" if row.get("resumed") else "")
-        )
-    return rows, base_job(base)
+    with _StudyProgress(jobs, steps, console=console, quiet=quiet) as progress:
+        if workers == 1:
+            progress.poll_in_background()
+            for job in jobs:
+                row = run_job(job)
+                rows.append(row)
+                _print_row(console, job, row)
+            return rows, base_job(base)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            base_fut = pool.submit(base_job, base)
+            futs: dict[Future[Any], dict[str, Any]] = {pool.submit(run_job, j): j for j in jobs}
+            while any(not f.done() for f in futs) or not base_fut.done():
+                progress.poll()
+                time.sleep(0.5)
+            for fut, job in futs.items():
+                row = fut.result()  # a failed run raises here, naming its traceback
+                rows.append(row)
+                _print_row(console, job, row)
+            return rows, base_fut.result()
 
 
 def summarise(rows: list[dict[str, Any]], *, baseline: str, k_max: int) -> dict[str, Any]:
