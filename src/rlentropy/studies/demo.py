@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -31,12 +30,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from rlentropy.algorithms import CONTROLS, POLICY_LOSSES
 from rlentropy.errors import ConfigError
-from rlentropy.evaluate.run import save_eval_result
 from rlentropy.report.html import write_report
 from rlentropy.runs.config import load_config, parse_override
 from rlentropy.studies.jobs import base_job, run_job
 from rlentropy.studies.quadrants import run_quadrant_study
-from rlentropy.studies.study import run_study
+from rlentropy.studies.study import choose_methods, default_workers, plan_jobs, run_study, save_base_evals
 
 DEMO_CONFIG = "demo_countdown.yaml"
 # The method switches with library (upstream) defaults; the demo config's `demo.methods` replaces them.
@@ -305,27 +303,10 @@ def run_demo(
     extra = list(overrides or [])
     cfg = load_config(config, extra)  # validate once, before any work
     table = method_overrides(cfg)
-    chosen = methods or list(table)
-    unknown = [m for m in chosen if m not in table]
-    if unknown:
-        raise ConfigError(f"demo methods: unknown {', '.join(unknown)}; allowed: {', '.join(table)}")
-    for m in chosen:  # every method's config is valid before any run starts
-        load_config(config, [*extra, *table[m]])
+    chosen = choose_methods(config, table, methods, extra, what="demo methods")
     out.mkdir(parents=True, exist_ok=True)
-    workers = workers or int(os.environ.get("RLENTROPY_DEMO_WORKERS", "0")) or max(1, min(2, os.cpu_count() or 1))
-    jobs = []
-    for seed in range(seeds):
-        for m in chosen:
-            run_dir = out / f"{m}-s{seed}"
-            jobs.append(
-                {
-                    "method": m,
-                    "seed": seed,
-                    "run_dir": str(run_dir),
-                    "config": str(config),
-                    "overrides": [*extra, *table[m], f"train.seed={seed}", f"run_dir={run_dir}", f"name={m}-s{seed}"],
-                }
-            )
+    workers = workers or default_workers("RLENTROPY_DEMO_WORKERS")
+    jobs = plan_jobs(config, out, seeds=list(range(seeds)), methods={m: table[m] for m in chosen}, overrides=extra)
     base_job = {"config": str(config), "overrides": extra, "out": str(out)}
     console.print(
         f"[bold]rlentropy demo[/]: {len(jobs)} runs × {cfg.train.steps} steps on {cfg.data.task} "
@@ -371,10 +352,7 @@ def run_demo(
             bar.advance(task)
     if base is None:  # the base job is always submitted; this guards the invariant
         raise ConfigError("demo: the base-policy evaluation did not run")
-    for r in rows:  # the starting policy is step 0 of every run's eval curve
-        save_eval_result(
-            r["run_dir"], 0, base["metrics"], base["samples"], settings=base["settings"], checkpoint=base["source"]
-        )
+    save_base_evals(rows, base)
     base = {k: v for k, v in base.items() if k not in ("metrics", "samples")}
     order = {m: i for i, m in enumerate(table)}
     rows.sort(key=lambda r: (order[r["method"]], r["seed"]))

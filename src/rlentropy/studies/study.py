@@ -45,24 +45,55 @@ FIGURES: tuple[tuple[str, str], ...] = (
 
 
 def plan_jobs(
-    config: Path, out: Path, *, seeds: list[int], methods: dict[str, list[str]], overrides: list[str], threads: int
+    config: Path,
+    out: Path,
+    *,
+    seeds: list[int],
+    methods: dict[str, list[str]],
+    overrides: list[str],
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
-    """One job per (seed, method), in that order (so every method's first seed finishes early)."""
+    """One job per (seed, method), in that order (so every method's first seed finishes early); the
+    job records `threads` when given."""
     jobs = []
     for seed in seeds:
         for m, ovs in methods.items():
             run_dir = out / f"{m}-s{seed}"
-            jobs.append(
-                {
-                    "method": m,
-                    "seed": seed,
-                    "run_dir": str(run_dir),
-                    "config": str(config),
-                    "threads": threads,
-                    "overrides": [*overrides, *ovs, f"train.seed={seed}", f"run_dir={run_dir}", f"name={m}-s{seed}"],
-                }
-            )
+            job: dict[str, Any] = {"method": m, "seed": seed, "run_dir": str(run_dir), "config": str(config)}
+            if threads is not None:
+                job["threads"] = threads
+            job["overrides"] = [*overrides, *ovs, f"train.seed={seed}", f"run_dir={run_dir}", f"name={m}-s{seed}"]
+            jobs.append(job)
     return jobs
+
+
+def choose_methods(
+    config: Path, table: dict[str, list[str]], methods: list[str] | None, overrides: list[str], *, what: str
+) -> list[str]:
+    """`methods` (default: every method of `table`, in its order), each a name of `table` whose config
+    (`overrides`, then the method's own) is valid, checked before any run starts; `what` names the
+    setting in the error."""
+    chosen = methods or list(table)
+    unknown = [m for m in chosen if m not in table]
+    if unknown:
+        raise ConfigError(f"{what}: unknown {', '.join(unknown)}; allowed: {', '.join(table)}")
+    for m in chosen:
+        load_config(config, [*overrides, *table[m]])
+    return chosen
+
+
+def default_workers(env: str) -> int:
+    """Worker processes: the environment variable `env` when set (and not 0), else 2 (1 on one CPU)."""
+    return int(os.environ.get(env, "0")) or max(1, min(2, os.cpu_count() or 1))
+
+
+def save_base_evals(rows: list[dict[str, Any]], base: dict[str, Any]) -> None:
+    """Save the starting policy's evaluation (`base_job`'s result) as eval/step_0 of every run: step 0
+    of every run's eval curve."""
+    for r in rows:
+        save_eval_result(
+            r["run_dir"], 0, base["metrics"], base["samples"], settings=base["settings"], checkpoint=base["source"]
+        )
 
 
 def _steps_done(run_dir: Path) -> int:
@@ -309,14 +340,9 @@ def run_study(
     extra = list(overrides or [])
     cfg = load_config(config, extra)
     table = _methods(cfg)
-    chosen = methods or list(table)
-    unknown = [m for m in chosen if m not in table]
-    if unknown:
-        raise ConfigError(f"--methods: unknown {', '.join(unknown)}; allowed: {', '.join(table)}")
-    for m in chosen:  # every method's config is valid before any run starts
-        load_config(config, [*extra, *table[m]])
+    chosen = choose_methods(config, table, methods, extra, what="--methods")
     n_seeds = seeds or cfg.study.seeds
-    workers = workers or int(os.environ.get("RLENTROPY_STUDY_WORKERS", "0")) or max(1, min(2, os.cpu_count() or 1))
+    workers = workers or default_workers("RLENTROPY_STUDY_WORKERS")
     threads = 1 if workers > 1 else max(1, (os.cpu_count() or 1))
     out.mkdir(parents=True, exist_ok=True)
     jobs = plan_jobs(
@@ -335,10 +361,7 @@ def run_study(
         console=console,
         quiet=quiet,
     )
-    for r in rows:  # the starting policy is step 0 of every run's eval curve
-        save_eval_result(
-            r["run_dir"], 0, base["metrics"], base["samples"], settings=base["settings"], checkpoint=base["source"]
-        )
+    save_base_evals(rows, base)
     baseline = cfg.study.baseline if cfg.study.baseline in chosen else chosen[0]
     summary = summarise(rows, baseline=baseline, k_max=cfg.eval.n)
     text = summary_markdown(
