@@ -79,6 +79,34 @@ def engine_setting(cfg: Any) -> dict[str, str]:
     return {} if engine == "auto" else {"engine": engine}
 
 
+def evaluate_with_settings(
+    model: Any,
+    tokenizer: Any,
+    task: Any,
+    settings: dict[str, Any],
+    *,
+    batch_size: int | None = None,
+    engine: str = "auto",
+    progress: bool = False,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """`evaluate_model` with the sampling settings of an `eval_settings` record (n, temperature, top_p,
+    max_new_tokens, max_prompts, seed)."""
+    return evaluate_model(
+        model,
+        tokenizer,
+        task,
+        n=settings["n"],
+        temperature=settings["temperature"],
+        top_p=settings["top_p"],
+        max_new_tokens=settings["max_new_tokens"],
+        max_prompts=settings["max_prompts"],
+        seed=settings["seed"],
+        batch_size=batch_size,
+        progress=progress,
+        engine=engine,
+    )
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -485,19 +513,8 @@ def _evaluate_checkpoints(
         loaded = load_policy(cfg.model, device=device, checkpoint=ck)
         model = loaded.model.to(device)
         model.eval()
-        metrics, samples = evaluate_model(
-            model,
-            loaded.tokenizer,
-            task,
-            n=settings["n"],
-            temperature=settings["temperature"],
-            top_p=settings["top_p"],
-            max_new_tokens=settings["max_new_tokens"],
-            max_prompts=settings["max_prompts"],
-            seed=settings["seed"],
-            batch_size=bsz,
-            progress=progress,
-            engine=cfg.rollout.engine,
+        metrics, samples = evaluate_with_settings(
+            model, loaded.tokenizer, task, settings, batch_size=bsz, engine=cfg.rollout.engine, progress=progress
         )
         save_eval_result(
             run_dir,

@@ -28,8 +28,13 @@ import torch
 
 from rlentropy.data import build_task
 from rlentropy.dynamics import prediction_agreement
-from rlentropy.evaluate import evaluate_model
-from rlentropy.evaluate.run import eval_settings, fit_eval_prompts, read_eval_result, save_eval_result
+from rlentropy.evaluate.run import (
+    eval_settings,
+    evaluate_with_settings,
+    fit_eval_prompts,
+    read_eval_result,
+    save_eval_result,
+)
 from rlentropy.models.loading import context_length, load_policy, unwrap_causal_lm
 from rlentropy.runs.checkpoints import latest_checkpoint
 from rlentropy.runs.config import load_config
@@ -55,18 +60,8 @@ def evaluate_policy(
     st = eval_settings(cfg, task, seed=EVAL_SEED)
     context = context_length(getattr(unwrap_causal_lm(model), "config", None))
     task = fit_eval_prompts(cfg, task, tokenizer, context=context, max_new_tokens=st["max_new_tokens"], warn=_notice)
-    m, samples = evaluate_model(
-        model,
-        tokenizer,
-        task,
-        n=st["n"],
-        temperature=st["temperature"],
-        top_p=st["top_p"],
-        max_new_tokens=st["max_new_tokens"],
-        max_prompts=st["max_prompts"],
-        seed=st["seed"],
-        batch_size=cfg.rollout.batch_size,
-        engine=cfg.rollout.engine,
+    m, samples = evaluate_with_settings(
+        model, tokenizer, task, st, batch_size=cfg.rollout.batch_size, engine=cfg.rollout.engine
     )
     return m, samples, st
 

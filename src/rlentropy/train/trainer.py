@@ -45,8 +45,7 @@ from rlentropy.algorithms.dispatch import logged_metrics
 from rlentropy.data import build_task
 from rlentropy.data.lengths import WithEvalExamples, check_prompt_lengths, prompt_token_limit
 from rlentropy.errors import ConfigError, DataError, Interrupted, writing
-from rlentropy.evaluate import evaluate_model
-from rlentropy.evaluate.run import eval_settings, save_eval_result
+from rlentropy.evaluate.run import eval_settings, evaluate_with_settings, save_eval_result
 from rlentropy.models.forward import PolicyForward, policy_token_stats_chunked
 from rlentropy.models.loading import (
     load_policy,
@@ -742,16 +741,11 @@ class Trainer:
             self._eval_task = build_task(self.cfg.data, for_eval=True)
         settings = eval_settings(self.cfg, self._eval_task, seed=derive_seed(self.cfg.train.seed, "eval") % (2**31))
         with self._eval_mode(), full_parameters(self.forward):
-            metrics, samples = evaluate_model(
+            metrics, samples = evaluate_with_settings(
                 self.model,
                 self.tokenizer,
                 self._eval_task,
-                n=settings["n"],
-                temperature=settings["temperature"],
-                top_p=settings["top_p"],
-                max_new_tokens=settings["max_new_tokens"],
-                max_prompts=settings["max_prompts"],
-                seed=settings["seed"],
+                settings,
                 batch_size=self.cfg.rollout.batch_size,
                 engine=self.cfg.rollout.engine,
             )
