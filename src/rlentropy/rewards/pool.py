@@ -116,6 +116,18 @@ def _worker_cmd(float_rounding: int) -> list[str]:
     return [sys.executable, "-m", "rlentropy.rewards._worker", str(float_rounding)]
 
 
+def _kill_and_reap(proc: subprocess.Popen) -> None:
+    """SIGKILL a child process and wait for it (5 s at most); one already gone is no error."""
+    try:
+        proc.kill()
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 class _Worker:
     """One worker process as the pool sees it: a pipe to send jobs on, a pipe to read answers from.
 
@@ -206,14 +218,7 @@ class _Worker:
 
     def kill(self) -> None:
         if self.proc is not None:
-            try:
-                self.proc.kill()
-            except OSError:
-                pass
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+            _kill_and_reap(self.proc)
         elif self._pidfd is not None:
             try:
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
@@ -286,14 +291,7 @@ class _Zygote:
             self.sock.close()
         except OSError:
             pass
-        try:
-            self.proc.kill()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        _kill_and_reap(self.proc)
 
 
 @dataclass(eq=False)
