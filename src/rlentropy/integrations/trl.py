@@ -345,6 +345,24 @@ class EntropyGRPOTrainer(GRPOTrainer):
             return lm / (global_rows * self.max_completion_length)  # [B, T]
         return lm / num_items.to(torch.float64).clamp_min(1.0)  # [B, T]
 
+    def _rl_summary_sums(
+        self, stats: TokenStats, inputs: dict[str, Any], mask: torch.Tensor, loss_mask: torch.Tensor, global_rows: int
+    ) -> torch.Tensor:
+        """`summary_sums` of one loss call: `stats` over `mask`, the loss over `loss_mask` weighted as
+        `loss_type` weights it (`global_rows` rows in the optimizer step), `inputs`' advantages."""
+        weights = self._rl_token_weights(loss_mask, inputs["num_items_in_batch"], global_rows)
+        return summary_sums(
+            entropy=stats.entropy,
+            logp=stats.logp,
+            s=stats.s,
+            s_bar=stats.s_bar,
+            advantages=self._rl_token_adv(inputs),
+            mask=mask,
+            loss_mask=loss_mask,
+            token_weights=weights,
+            lr=self._rl_lr(),
+        )
+
     def _rl_stats_from_hidden(
         self, hidden: torch.Tensor, completion_ids: torch.Tensor, mask: torch.Tensor, *, grad: bool = False
     ) -> TokenStats:
@@ -546,18 +564,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
         for name, values in res.metrics.items():
             self._rl_log_tensors(mode, values, f"rlentropy/{name}/")
         if self.args.rlentropy_metrics:
-            weights = self._rl_token_weights(new_mask, out["num_items_in_batch"], b * self.accelerator.num_processes)
-            sums = summary_sums(
-                entropy=stats.entropy,
-                logp=stats.logp,
-                s=stats.s,
-                s_bar=stats.s_bar,
-                advantages=self._rl_token_adv(out),
-                mask=loss_mask,
-                loss_mask=new_mask,
-                token_weights=weights,
-                lr=self._rl_lr(),
-            )
+            sums = self._rl_summary_sums(stats, out, loss_mask, new_mask, b * self.accelerator.num_processes)
             self._rl_log(mode, summary_metrics(self.accelerator.reduce(sums, reduction="sum")))
         return out
 
@@ -594,18 +601,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
         b = inputs["completion_ids"].shape[0]
         mask = self._rl_loss_mask(inputs)  # [B, T]
         accum = self.current_gradient_accumulation_steps if mode == "train" else 1
-        weights = self._rl_token_weights(mask, inputs["num_items_in_batch"], b * accum * self.accelerator.num_processes)
-        sums = summary_sums(
-            entropy=stats.entropy,
-            logp=stats.logp,
-            s=stats.s,
-            s_bar=stats.s_bar,
-            advantages=self._rl_token_adv(inputs),
-            mask=mask,
-            loss_mask=mask,
-            token_weights=weights,
-            lr=self._rl_lr(),
-        )
+        sums = self._rl_summary_sums(stats, inputs, mask, mask, b * accum * self.accelerator.num_processes)
         self._rl_sums = sums if self._rl_sums is None else self._rl_sums + sums
         if mode == "eval" or self.accelerator.sync_gradients:
             total = self.accelerator.reduce(self._rl_sums, reduction="sum")

@@ -51,6 +51,7 @@ import contextvars
 import dataclasses
 import functools
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -243,8 +244,9 @@ def _run_loss(
     return spec.call(inputs, params)
 
 
-def _make_loss(name: str) -> Any:
-    spec = POLICY_LOSSES.get(name)
+def _as_verl_loss(name: str, doc: str, compute: Callable[..., Any]) -> Any:
+    """`compute(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config,
+    rollout_is_weights)` as a verl policy loss: verl's signature and defaults, named `rlentropy_<name>`."""
 
     def loss_fn(
         old_log_prob,
@@ -255,6 +257,17 @@ def _make_loss(name: str) -> Any:
         config=None,
         rollout_is_weights=None,
     ):
+        return compute(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights)
+
+    loss_fn.__name__ = loss_fn.__qualname__ = f"rlentropy_{name}"
+    loss_fn.__doc__ = doc
+    return loss_fn
+
+
+def _make_loss(name: str) -> Any:
+    spec = POLICY_LOSSES.get(name)
+
+    def compute(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights):
         params = _loss_params(spec, config, dict(_get(_get(config, "policy_loss"), "rlentropy_params", {}) or {}))
         mask = response_mask.to(log_prob.dtype)  # [bs, T]
         loss_mat, m = _run_loss(spec, params, old_log_prob, log_prob, advantages, mask, config)  # [bs, T]
@@ -263,9 +276,7 @@ def _make_loss(name: str) -> Any:
         # verl's own mask (bool): its agg_loss adds 1e-8 to float-mask token counts only
         return _agg(loss_mat, response_mask, spec.agg_mode or loss_agg_mode, config), _metrics(f"rlentropy_{name}", m)
 
-    loss_fn.__name__ = loss_fn.__qualname__ = f"rlentropy_{name}"
-    loss_fn.__doc__ = f"rlentropy policy loss {name!r} ({spec.summary}); {spec.paper}."
-    return loss_fn
+    return _as_verl_loss(name, f"rlentropy policy loss {name!r} ({spec.summary}); {spec.paper}.", compute)
 
 
 def _control_inputs(control: Any, log_prob: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -299,15 +310,7 @@ def _control_inputs(control: Any, log_prob: torch.Tensor, mask: torch.Tensor) ->
 def _make_control_loss(name: str) -> Any:
     control = CONTROLS.get(name)
 
-    def loss_fn(
-        old_log_prob,
-        log_prob,
-        advantages,
-        response_mask,
-        loss_agg_mode="token-mean",
-        config=None,
-        rollout_is_weights=None,
-    ):
+    def compute(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights):
         pl = _get(config, "policy_loss")
         active = [Active(control, control.resolve(dict(_get(pl, "rlentropy_params", {}) or {})), control.stage)]
         base = POLICY_LOSSES.get(str(_get(pl, "rlentropy_base_loss", "ppo")))
@@ -336,9 +339,8 @@ def _make_control_loss(name: str) -> Any:
         out.update(_metrics(f"rlentropy_{name}", res.metrics.get(name, {})))
         return loss, out
 
-    loss_fn.__name__ = loss_fn.__qualname__ = f"rlentropy_{name}"
-    loss_fn.__doc__ = f"rlentropy control {name!r} ({control.summary}) then the base policy loss; {control.paper}."
-    return loss_fn
+    doc = f"rlentropy control {name!r} ({control.summary}) then the base policy loss; {control.paper}."
+    return _as_verl_loss(name, doc, compute)
 
 
 VERL_LOSSES: dict[str, Any] = {
