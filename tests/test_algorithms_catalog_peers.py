@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from _helpers import grads, trl_inputs, trl_trainer, verl_actor_config
 from rlentropy.algorithms import (
     ADVANTAGES,
     POLICY_LOSSES,
@@ -432,33 +433,10 @@ def verl():
     pytest.importorskip("verl", reason="verl is an optional extra: pip install 'rlentropy[verl]'")
     from omegaconf import OmegaConf
     from verl.trainer.ppo import core_algos
-    from verl.utils.config import omega_conf_to_dataclass
 
     import rlentropy.integrations.verl as rv
 
-    def actor_config(loss_mode: str, actor: dict | None = None, **policy):
-        cfg = OmegaConf.create(
-            {
-                "_target_": "verl.workers.config.ActorConfig",
-                "strategy": "fsdp",
-                "rollout_n": 2,
-                "ppo_mini_batch_size": 4,
-                "ppo_micro_batch_size_per_gpu": 4,
-                "clip_ratio": 0.2,
-                "clip_ratio_low": 0.2,
-                "clip_ratio_high": 0.28,
-                "clip_ratio_c": 3.0,
-                **(actor or {}),
-                "policy_loss": {
-                    "_target_": "rlentropy.integrations.verl.RLEntropyPolicyLossConfig",
-                    "loss_mode": loss_mode,
-                    **policy,
-                },
-            }
-        )
-        return omega_conf_to_dataclass(cfg)
-
-    return SimpleNamespace(core_algos=core_algos, rv=rv, actor_config=actor_config, OmegaConf=OmegaConf)
+    return SimpleNamespace(core_algos=core_algos, rv=rv, actor_config=verl_actor_config, OmegaConf=OmegaConf)
 
 
 def _verl_pair(verl, verl_name, ours_name, cfg, old, logp, adv, mask, agg="token-mean"):
@@ -634,60 +612,15 @@ def test_grpo_passk_equals_verl(verl, norm):
 @pytest.fixture(scope="module")
 def trl():
     pytest.importorskip("trl", reason="TRL is an optional extra: pip install 'rlentropy[trl]'")
-    from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
     from rlentropy.models.tiny import make_random_tiny_policy
 
-    return SimpleNamespace(
-        Dataset=Dataset, GRPOConfig=GRPOConfig, GRPOTrainer=GRPOTrainer, tiny=make_random_tiny_policy
-    )
+    return SimpleNamespace(GRPOConfig=GRPOConfig, GRPOTrainer=GRPOTrainer, tiny=make_random_tiny_policy)
 
 
 def _reward(completions, **kwargs):
     return [0.0 for _ in completions]
-
-
-def _trl_inputs(seed=0, b=4, p=5, t=6, vocab=100):
-    g = torch.Generator().manual_seed(seed)
-    completion_mask = torch.ones(b, t, dtype=torch.long)
-    completion_mask[0, 4:] = 0  # right padding
-    completion_mask[2, 2:] = 0
-    prompt_mask = torch.ones(b, p, dtype=torch.long)
-    prompt_mask[1, :2] = 0  # left padding
-    return {
-        "prompt_ids": torch.randint(4, vocab, (b, p), generator=g),
-        "prompt_mask": prompt_mask,
-        "completion_ids": torch.randint(4, vocab, (b, t), generator=g),
-        "completion_mask": completion_mask,
-        "advantages": torch.tensor([1.0, -1.0, 0.5, -0.5]),
-        "num_items_in_batch": completion_mask.sum(),
-    }
-
-
-def _trl_trainer(trl, tmp_path, model, tok, **kw):
-    args = trl.GRPOConfig(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        num_generations=2,
-        max_completion_length=6,
-        report_to="none",
-        use_cpu=True,
-        logging_steps=1,
-        max_steps=1,
-        seed=0,
-        save_strategy="no",
-        **kw,
-    )
-    ds = trl.Dataset.from_dict({"prompt": ["12+3=", "4*5=", "7-2=", "9+9="]})
-    tr = trl.GRPOTrainer(model=model, reward_funcs=_reward, args=args, train_dataset=ds, processing_class=tok)
-    tr.current_gradient_accumulation_steps = 1
-    tr.model.train()
-    return tr
-
-
-def _grads(model):
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 # (TRL loss_type, its GRPOConfig parameters, our name, the same parameters in our names)
@@ -702,8 +635,10 @@ TRL_CASES = [
 @pytest.mark.parametrize("loss_type, extra, name, params", TRL_CASES, ids=[c[0] for c in TRL_CASES])
 def test_equals_trl_compute_loss(trl, tmp_path, loss_type, extra, name, params):
     model, tok = trl.tiny(seed=0)
-    tr = _trl_trainer(trl, tmp_path, model, tok, loss_type=loss_type, **extra)
-    inputs = _trl_inputs()
+    tr = trl_trainer(
+        trl.GRPOTrainer, trl.GRPOConfig, model, tok, tmp_path, _reward, max_steps=1, loss_type=loss_type, **extra
+    )
+    inputs = trl_inputs()
     ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
     att = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
     t = inputs["completion_ids"].shape[1]
@@ -716,7 +651,7 @@ def test_equals_trl_compute_loss(trl, tmp_path, loss_type, extra, name, params):
 
     loss_trl = tr._compute_loss(tr.model, dict(inputs))
     loss_trl.backward()
-    g_trl = _grads(tr.model)
+    g_trl = grads(tr.model)
     tr.model.zero_grad()
 
     lp, _, _ = tr._get_per_token_logps_and_entropies(tr.model, ids, att, t)  # [B, T] same forward
@@ -729,7 +664,7 @@ def test_equals_trl_compute_loss(trl, tmp_path, loss_type, extra, name, params):
     # TRL's reductions: grpo-style (sapo) and luspo average over every row; vespo divides by num_items_in_batch.
     ours = aggregate_loss(mat, mask, spec.agg_mode, global_tokens=inputs["num_items_in_batch"], global_seqs=4)
     ours.backward()
-    g_ours = _grads(tr.model)
+    g_ours = grads(tr.model)
     if name == "luspo":
         assert 0 < m["clip_frac"].item() < 1
     # fp32 forward: the values differ in the order of the fp32 sums (measured ≤ 8e-8 relative); the

@@ -9,9 +9,10 @@ from unittest import mock
 import pytest
 import torch
 
+from _helpers import grads, reward_len, trl_inputs, trl_trainer
+
 pytest.importorskip("trl", reason="TRL is an optional extra: pip install 'rlentropy[trl]' (make test installs it)")
 
-from datasets import Dataset  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from rlentropy.algorithms import aggregate_loss, clip_b_mask, clip_v_mask, get_policy_loss  # noqa: E402
@@ -21,67 +22,21 @@ from rlentropy.models.tiny import make_random_tiny_policy  # noqa: E402
 from rlentropy.tokenstats import token_stats  # noqa: E402
 
 
-def reward_len(completions, **kwargs):
-    return [float(len(c) % 3) for c in completions]
-
-
 def _make(cls, cfg_cls, model, tok, tmp_path, **kw):
-    opts = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        num_generations=2,
-        max_completion_length=6,
-        report_to="none",
-        use_cpu=True,
-        logging_steps=1,
-        max_steps=2,
-        seed=0,
-        save_strategy="no",
-        temperature=0.9,
-    )
-    args = cfg_cls(**{**opts, **kw})
-    ds = Dataset.from_dict({"prompt": ["12+3=", "4*5=", "7-2=", "9+9="]})
-    tr = cls(model=model, reward_funcs=reward_len, args=args, train_dataset=ds, processing_class=tok)
-    tr.current_gradient_accumulation_steps = 1
-    tr.model.train()
-    return tr
-
-
-def _inputs(seed=0, b=4, p=5, t=6, vocab=100):
-    g = torch.Generator().manual_seed(seed)
-    prompt_ids = torch.randint(4, vocab, (b, p), generator=g)
-    prompt_mask = torch.ones(b, p, dtype=torch.long)
-    prompt_mask[1, :2] = 0  # left padding
-    completion_ids = torch.randint(4, vocab, (b, t), generator=g)
-    completion_mask = torch.ones(b, t, dtype=torch.long)
-    completion_mask[0, 4:] = 0  # right padding
-    completion_mask[2, 2:] = 0
-    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
-    return {
-        "prompt_ids": prompt_ids,
-        "prompt_mask": prompt_mask,
-        "completion_ids": completion_ids,
-        "completion_mask": completion_mask,
-        "advantages": adv,
-        "num_items_in_batch": completion_mask.sum(),
-    }
-
-
-def _grads(model):
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return trl_trainer(cls, cfg_cls, model, tok, tmp_path, reward_len, **{"temperature": 0.9, **kw})
 
 
 def test_controls_off_equals_plain_trl_loss_and_gradients(tmp_path):
     model, tok = make_random_tiny_policy(seed=0)
     plain = _make(GRPOTrainer, GRPOConfig, copy.deepcopy(model), tok, tmp_path / "a")
     ours = _make(EntropyGRPOTrainer, EntropyGRPOConfig, copy.deepcopy(model), tok, tmp_path / "b")
-    inputs = _inputs()
+    inputs = trl_inputs()
     loss_plain = plain._compute_loss(plain.model, dict(inputs))
     loss_plain.backward()
     loss_ours = ours._compute_loss(ours.model, dict(inputs))
     loss_ours.backward()
     assert loss_ours.item() == loss_plain.item()
-    g_plain, g_ours = _grads(plain.model), _grads(ours.model)
+    g_plain, g_ours = grads(plain.model), grads(ours.model)
     assert g_plain.keys() == g_ours.keys() and len(g_plain) > 0
     for name in g_plain:
         assert torch.equal(g_plain[name], g_ours[name]), name
@@ -143,11 +98,11 @@ def test_mask_controls_equal_our_loss_on_same_tensors(tmp_path, control, fuse):
         fuse_old_stats=fuse,
         **_MASK_PARAMS[control],
     )
-    inputs = _inputs(seed=3)
+    inputs = trl_inputs(seed=3)
     loss, out, n_extra = _mask_control_step(tr, inputs)
     assert n_extra == (0 if fuse else 1)  # on-policy, one loss call per generation batch: fused skips the pass
     loss.backward()
-    g_ours = _grads(tr.model)
+    g_ours = grads(tr.model)
 
     ref_model = copy.deepcopy(model)
     ref_model.zero_grad(set_to_none=True)
@@ -171,7 +126,7 @@ def test_mask_controls_equal_our_loss_on_same_tensors(tmp_path, control, fuse):
     ref = aggregate_loss(mat, keep, "token-mean")
     ref.backward()
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-7)
-    g_ref = _grads(ref_model)
+    g_ref = grads(ref_model)
     for name, g in g_ref.items():
         torch.testing.assert_close(g_ours[name], g, rtol=1e-4, atol=1e-7, msg=name)
 
@@ -193,13 +148,13 @@ def test_fused_old_stats_equal_extra_pass_bitwise(tmp_path, control):
             fuse_old_stats=fuse,
             **_MASK_PARAMS[control],
         )
-        loss, seen, n_extra = _mask_control_step(tr, _inputs(seed=5))
+        loss, seen, n_extra = _mask_control_step(tr, trl_inputs(seed=5))
         loss.backward()
         metrics = {k: v[-1] for k, v in tr._metrics["train"].items() if k.startswith("rlentropy/")}
-        runs[fuse] = (loss.detach(), seen["tool_mask"], seen["num_items_in_batch"], _grads(tr.model), metrics, n_extra)
+        runs[fuse] = (loss.detach(), seen["tool_mask"], seen["num_items_in_batch"], grads(tr.model), metrics, n_extra)
     (l1, m1, n1, g1, x1, e1), (l0, m0, n0, g0, x0, e0) = runs[True], runs[False]
     assert (e1, e0) == (0, 1)
-    m = _inputs(seed=5)["completion_mask"]
+    m = trl_inputs(seed=5)["completion_mask"]
     assert 0 < (m1 * m).sum() < m.sum()  # the control dropped some tokens, not all
     assert torch.equal(m1, m0) and torch.equal(n1, n0)
     assert torch.equal(l1, l0)
@@ -212,9 +167,9 @@ def test_fused_old_stats_equal_extra_pass_bitwise(tmp_path, control):
 def test_fusion_only_when_the_loss_forward_is_the_whole_old_batch(tmp_path):
     model, tok = make_random_tiny_policy(seed=0)
     fused = _make(EntropyGRPOTrainer, EntropyGRPOConfig, model, tok, tmp_path / "a", entropy_control="clip_b")
-    assert fused._rl_fuse(_inputs())
+    assert fused._rl_fuse(trl_inputs())
     # TRL computed old log-probs: the loss forward is not at the generating weights
-    assert not fused._rl_fuse({**_inputs(), "old_per_token_logps": torch.zeros(4, 6)})
+    assert not fused._rl_fuse({**trl_inputs(), "old_per_token_logps": torch.zeros(4, 6)})
     # the generation batch is split over two loss calls (one per accumulation step): whole-batch S needed first
     split = _make(
         EntropyGRPOTrainer,
@@ -226,14 +181,14 @@ def test_fusion_only_when_the_loss_forward_is_the_whole_old_batch(tmp_path):
         per_device_train_batch_size=2,
         gradient_accumulation_steps=2,
     )
-    assert split.args.steps_per_generation == 2 and not split._rl_fuse(_inputs())
+    assert split.args.steps_per_generation == 2 and not split._rl_fuse(trl_inputs())
     split.model.eval()  # evaluation: the batch is one loss call
-    assert split._rl_fuse(_inputs())
+    assert split._rl_fuse(trl_inputs())
     # dropout makes the loss forward a different function from the old policy's
     model_d, tok_d = make_random_tiny_policy(seed=0)
     model_d.config.attention_dropout = 0.1
     drop = _make(EntropyGRPOTrainer, EntropyGRPOConfig, model_d, tok_d, tmp_path / "c", entropy_control="clip_b")
-    assert not drop._rl_fuse(_inputs())
+    assert not drop._rl_fuse(trl_inputs())
     off = _make(
         EntropyGRPOTrainer,
         EntropyGRPOConfig,
@@ -243,7 +198,7 @@ def test_fusion_only_when_the_loss_forward_is_the_whole_old_batch(tmp_path):
         entropy_control="clip_b",
         fuse_old_stats=False,
     )
-    assert not off._rl_fuse(_inputs())
+    assert not off._rl_fuse(trl_inputs())
 
 
 def test_bad_config_is_a_config_error(tmp_path):

@@ -8,39 +8,17 @@ import functools
 import pytest
 import torch
 
+from _helpers import verl_actor_config
+
 pytestmark = pytest.mark.verl  # `make test-core` runs every other test without the verl extra
 
 pytest.importorskip("verl", reason="verl is an optional extra: pip install 'rlentropy[verl]' (make test installs it)")
 
 from omegaconf import OmegaConf  # noqa: E402
 from verl.trainer.ppo import core_algos  # noqa: E402
-from verl.utils.config import omega_conf_to_dataclass  # noqa: E402
 
 import rlentropy.integrations.verl as rv  # noqa: E402
 from rlentropy.algorithms import aggregate_loss, clip_b_mask, clip_v_mask, get_policy_loss  # noqa: E402
-
-
-def _actor_config(loss_mode: str, **policy: float):
-    """A real verl ActorConfig built the way verl builds it (hydra `_target_`), with our policy-loss class."""
-    cfg = OmegaConf.create(
-        {
-            "_target_": "verl.workers.config.ActorConfig",
-            "strategy": "fsdp",
-            "rollout_n": 2,
-            "ppo_mini_batch_size": 4,
-            "ppo_micro_batch_size_per_gpu": 4,
-            "clip_ratio": 0.2,
-            "clip_ratio_low": 0.2,
-            "clip_ratio_high": 0.28,
-            "clip_ratio_c": 3.0,
-            "policy_loss": {
-                "_target_": "rlentropy.integrations.verl.RLEntropyPolicyLossConfig",
-                "loss_mode": loss_mode,
-                **policy,
-            },
-        }
-    )
-    return omega_conf_to_dataclass(cfg)
 
 
 def _batch(seed: int = 0, b: int = 6, t: int = 9):
@@ -63,7 +41,7 @@ def test_registered_losses_and_estimators_found_through_verl_registry():
 
 
 def test_policy_loss_config_accepts_our_keys_via_target():
-    cfg = _actor_config("rlentropy_clip_v", rlentropy_params={"mu": 3.0, "max_frac": 0.5})
+    cfg = verl_actor_config("rlentropy_clip_v", rlentropy_params={"mu": 3.0, "max_frac": 0.5})
     assert isinstance(cfg.policy_loss, rv.RLEntropyPolicyLossConfig)
     assert cfg.policy_loss.rlentropy_params == {"mu": 3.0, "max_frac": 0.5}
     assert cfg.policy_loss.rlentropy_base_loss == "ppo"  # default untouched
@@ -72,7 +50,7 @@ def test_policy_loss_config_accepts_our_keys_via_target():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_kl_cov_equals_verl(seed):
     old, logp, adv, mask = _batch(seed)
-    cfg = _actor_config("rlentropy_kl_cov", kl_cov_ratio=0.1, ppo_kl_coef=0.7)
+    cfg = verl_actor_config("rlentropy_kl_cov", kl_cov_ratio=0.1, ppo_kl_coef=0.7)
     lp1 = logp.clone().requires_grad_(True)
     ref, _ = core_algos.get_policy_loss_fn("kl_cov")(old, lp1, adv, mask, "token-mean", cfg)
     ref.backward()
@@ -88,7 +66,7 @@ def test_clip_cov_equals_verl_when_every_candidate_is_selected(seed):
     # clip_cov_ratio 1.0 → n_clip = Σ M ≥ |candidates|, so verl's random subset is every candidate and
     # the selection is the same in both implementations whatever the RNG.
     old, logp, adv, mask = _batch(seed)
-    cfg = _actor_config("rlentropy_clip_cov", clip_cov_ratio=1.0, clip_cov_lb=-0.05, clip_cov_ub=0.5)
+    cfg = verl_actor_config("rlentropy_clip_cov", clip_cov_ratio=1.0, clip_cov_lb=-0.05, clip_cov_ub=0.5)
     lp1 = logp.clone().requires_grad_(True)
     ref, ref_m = core_algos.get_policy_loss_fn("clip_cov")(old, lp1, adv, mask, "token-mean", cfg)
     ref.backward()
@@ -119,7 +97,7 @@ def test_mask_controls_equal_our_masked_loss(control):
     h, s_bar = _stats(logp)
     logp[r, 0], old[r, 0], h[r, 0], s_bar[r, 0] = -1.0, -1.0, 0.0, 0.5  # S = e^-1·(0 − 1) = −0.368, xD = 0.868
     params = {"clip_b": {"mu": 1.5}, "clip_v": {"mu": 1.0, "max_frac": 0.05}}[control]
-    cfg = _actor_config(f"rlentropy_{control}", rlentropy_params=params)
+    cfg = verl_actor_config(f"rlentropy_{control}", rlentropy_params=params)
     n_global = float(mask.sum())
     cfg.global_batch_info.update(
         {"dp_size": 1, "batch_num_tokens": n_global, "global_batch_size": None, "loss_scale_factor": None}
@@ -148,7 +126,7 @@ def test_mask_controls_equal_our_masked_loss(control):
 
 def test_mask_control_without_actor_stats_is_a_clear_error():
     old, logp, adv, mask = _batch(0)
-    cfg = _actor_config("rlentropy_clip_b")
+    cfg = verl_actor_config("rlentropy_clip_b")
     with pytest.raises(RuntimeError, match="external_lib=rlentropy.integrations.verl"):
         core_algos.get_policy_loss_fn("rlentropy_clip_b")(old, logp, adv, mask, "token-mean", cfg)
 
@@ -159,9 +137,9 @@ def test_actor_piece_installed_and_other_modes_pass_through():
 
     assert losses.ppo_loss is rv.rlentropy_ppo_loss
     assert FSDPEngineWithLMHead.prepare_model_outputs is rv._prepare_model_outputs_with_s_bar
-    cfg = _actor_config("rlentropy_clip_v")
+    cfg = verl_actor_config("rlentropy_clip_v")
     assert rv._wants_s_bar(functools.partial(rv.rlentropy_ppo_loss, config=cfg))
-    assert not rv._wants_s_bar(functools.partial(rv.rlentropy_ppo_loss, config=_actor_config("vanilla")))
+    assert not rv._wants_s_bar(functools.partial(rv.rlentropy_ppo_loss, config=verl_actor_config("vanilla")))
 
 
 def test_s_bar_from_packed_logits_matches_float64_reference():

@@ -14,6 +14,7 @@ import copy
 import pytest
 import torch
 
+from _helpers import reward_len, trl_trainer
 from rlentropy.algorithms import CONTROLS
 from rlentropy.algorithms._util import drop_fractions
 
@@ -77,38 +78,22 @@ def test_runs_in_our_trainer(registered, fast_cfg, tmp_path):
 
 def test_runs_through_the_trl_adapter(registered, tmp_path):
     pytest.importorskip("trl")
-    from datasets import Dataset
-
     from rlentropy.integrations.trl import EntropyGRPOConfig, EntropyGRPOTrainer
     from rlentropy.models.tiny import make_random_tiny_policy
 
     model, tok = make_random_tiny_policy(seed=0)
-    opts = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        num_generations=2,
-        max_completion_length=6,
-        report_to="none",
-        use_cpu=True,
-        logging_steps=1,
-        max_steps=2,
-        seed=0,
-        save_strategy="no",
-        temperature=0.9,
-    )
-    ds = Dataset.from_dict({"prompt": ["12+3=", "4*5=", "7-2=", "9+9="]})
-
-    def reward(completions, **kwargs):
-        return [float(len(c) % 3) for c in completions]
 
     def trainer(**kw):
-        args = EntropyGRPOConfig(**opts, **kw)
-        tr = EntropyGRPOTrainer(
-            model=copy.deepcopy(model), reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok
+        return trl_trainer(
+            EntropyGRPOTrainer,
+            EntropyGRPOConfig,
+            copy.deepcopy(model),
+            tok,
+            tmp_path,
+            reward_len,
+            temperature=0.9,
+            **kw,
         )
-        tr.current_gradient_accumulation_steps = 1
-        tr.model.train()
-        return tr
 
     g = torch.Generator().manual_seed(0)
     inputs = {
