@@ -15,7 +15,7 @@ detached statistics.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
 import torch
@@ -149,6 +149,34 @@ def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def _slices(
+    fill: Callable[[torch.Tensor, int, int, int, int], None],
+    m_rows: int,
+    vocab: int,
+    plan: ChunkPlan,
+    device: torch.device,
+) -> Iterator[tuple[int, int, Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]]]:
+    """The block order of both loops: (v0, v1, row blocks) per vocabulary slice [v0, v1), outer; each
+    row block [i0, i1) of that slice, inner, as (i0, i1, z, e) with `z` [n, vc] filled by
+    `fill(z, i0, i1, v0, v1)` and `e` [n, vc] scratch, both views of two float32 buffers allocated
+    once (a block is valid until the next one is drawn)."""
+    zbuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
+    ebuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
+
+    def blocks(v0: int, v1: int) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        for i0 in range(0, m_rows, plan.rows):
+            i1 = min(m_rows, i0 + plan.rows)
+            n = i1 - i0
+            z = zbuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
+            e = ebuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
+            fill(z, i0, i1, v0, v1)
+            yield i0, i1, z, e
+
+    for v0 in range(0, vocab, plan.vocab):
+        v1 = min(vocab, v0 + plan.vocab)
+        yield v0, v1, blocks(v0, v1)
+
+
 def _forward_blocks(
     fill: Callable[[torch.Tensor, int, int, int, int], None],
     tokens: torch.Tensor,
@@ -170,19 +198,11 @@ def _forward_blocks(
     if m_rows == 0:
         return tuple(torch.empty(0, dtype=_F32, device=device) for _ in range(7))
     with _autocast_off(device):
-        zbuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
-        ebuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
         parts = []  # per vocabulary slice: the 7 `block_partials` results for all M rows
-        for v0 in range(0, vocab, plan.vocab):
-            v1 = min(vocab, v0 + plan.vocab)
+        for v0, _v1, blocks in _slices(fill, m_rows, vocab, plan, device):
             acc = [torch.empty(m_rows, dtype=_F32, device=device) for _ in range(6)]  # 6 x [M]
             acc.append(torch.empty(m_rows, dtype=torch.bool, device=device))  # [M] has_k
-            for i0 in range(0, m_rows, plan.rows):
-                i1 = min(m_rows, i0 + plan.rows)
-                n = i1 - i0
-                z = zbuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
-                e = ebuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
-                fill(z, i0, i1, v0, v1)
+            for i0, i1, z, e in blocks:
                 for a, t in zip(acc, block_partials(z, e, tokens[i0:i1], v0, inv_temp), strict=True):
                     a[i0:i1] = t
             parts.append(tuple(acc))
@@ -214,16 +234,8 @@ def _backward_blocks(
         return
     device = tokens.device
     with _autocast_off(device):
-        zbuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
-        ebuf = torch.empty(plan.rows * plan.vocab, dtype=_F32, device=device)
-        for v0 in range(0, vocab, plan.vocab):
-            v1 = min(vocab, v0 + plan.vocab)
-            for i0 in range(0, m_rows, plan.rows):
-                i1 = min(m_rows, i0 + plan.rows)
-                n = i1 - i0
-                z = zbuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
-                e = ebuf[: n * (v1 - v0)].view(n, v1 - v0)  # [n, vc]
-                fill(z, i0, i1, v0, v1)
+        for v0, v1, blocks in _slices(fill, m_rows, vocab, plan, device):
+            for i0, i1, z, e in blocks:
                 dz = block_grad_logits(
                     z,
                     e,
