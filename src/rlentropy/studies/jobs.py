@@ -1,7 +1,8 @@
 """One (method, seed) run of a study: resumable training, the final evaluation, a summary row.
 
 A job is a plain dict (it crosses a process boundary): the config file, the overrides that make it
-this method and seed, its run directory, torch threads. `run_job(job)`:
+this method and seed, its run directory; torch threads come from the config (`train.threads`).
+`run_job(job)`:
 
 * a run whose `study_result.json` (`demo_result.json` for the demo) belongs to its resolved config is
   finished: its row is returned, nothing reruns;

@@ -51,17 +51,14 @@ def plan_jobs(
     seeds: list[int],
     methods: dict[str, list[str]],
     overrides: list[str],
-    threads: int | None = None,
 ) -> list[dict[str, Any]]:
-    """One job per (seed, method), in that order (so every method's first seed finishes early); the
-    job records `threads` when given."""
+    """One job per (seed, method), in that order (so every method's first seed finishes early). Each run
+    sets its torch threads from its config (`train.threads`; "auto" is one thread on CPU)."""
     jobs = []
     for seed in seeds:
         for m, ovs in methods.items():
             run_dir = out / f"{m}-s{seed}"
             job: dict[str, Any] = {"method": m, "seed": seed, "run_dir": str(run_dir), "config": str(config)}
-            if threads is not None:
-                job["threads"] = threads
             job["overrides"] = [*overrides, *ovs, f"train.seed={seed}", f"run_dir={run_dir}", f"name={m}-s{seed}"]
             jobs.append(job)
     return jobs
@@ -343,11 +340,8 @@ def run_study(
     chosen = choose_methods(config, table, methods, extra, what="--methods")
     n_seeds = seeds or cfg.study.seeds
     workers = workers or default_workers("RLENTROPY_STUDY_WORKERS")
-    threads = 1 if workers > 1 else max(1, (os.cpu_count() or 1))
     out.mkdir(parents=True, exist_ok=True)
-    jobs = plan_jobs(
-        config, out, seeds=list(range(n_seeds)), methods={m: table[m] for m in chosen}, overrides=extra, threads=threads
-    )
+    jobs = plan_jobs(config, out, seeds=list(range(n_seeds)), methods={m: table[m] for m in chosen}, overrides=extra)
     console.print(
         f"[bold]rlentropy study[/]: {len(chosen)} methods × {n_seeds} seeds × {cfg.train.steps} steps "
         f"({workers} worker{'s' if workers > 1 else ''}) → {out}"
@@ -355,7 +349,7 @@ def run_study(
     t0 = time.perf_counter()
     rows, base = execute(
         jobs,
-        {"config": str(config), "overrides": extra, "out": str(out), "threads": threads},
+        {"config": str(config), "overrides": extra, "out": str(out)},
         workers=workers,
         steps=cfg.train.steps,
         console=console,
