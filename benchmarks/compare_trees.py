@@ -6,7 +6,9 @@
 Each round runs the benchmark once with `PYTHONPATH=<base>/src` and once with this checkout's `src`
 (alternating which goes first), each in a fresh process, and the table reports the median of each
 figure over the rounds and the ratio new / base. Interleaving makes the drift of a shared, noisy
-machine hit both trees alike; the ratio is what to read, not the seconds.
+machine hit both trees alike; the ratio is what to read, not the seconds. Each tree runs its own copy of
+the benchmark script (`<tree>/benchmarks/`, written against that tree's API and configs: the measured
+setting is the same), so an older tree is measured as it was shipped.
 
 Benchmarks: `bench_step` (seconds per step by phase, demo setting: `bench_step.bench`) and
 `bench_vs_trl` (our trainer's seconds per step: `bench_vs_trl` worker "ours").
@@ -46,7 +48,7 @@ SNIPPETS = {
 def run_once(name: str, src: Path, steps: int, *, kind: str = "ours", model: str = "") -> dict[str, float]:
     """One benchmark run against the package in `src`; its figures."""
     env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1")
-    code = SNIPPETS[name].format(bench=str(HERE), steps=steps, kind=kind, model=model)
+    code = SNIPPETS[name].format(bench=str(src.parent / "benchmarks"), steps=steps, kind=kind, model=model)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{name} failed on {src}:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
