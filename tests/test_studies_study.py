@@ -80,6 +80,34 @@ def _study_config(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.slow
+def test_a_figure_the_baseline_lacks_has_no_paired_difference():
+    from rlentropy.studies.study import summarise, summary_markdown
+
+    def row(method, seed, h, target_err=None):
+        r = {
+            "method": method,
+            "seed": seed,
+            "entropy_final": h,
+            "entropy_min": h,
+            "entropy_auc": h,
+            "reward_final": 0.2,
+            "pass@1": 0.3,
+            "pass@2": 0.4,
+        }
+        if target_err is not None:
+            r["target_abs_error"] = target_err
+        return r
+
+    rows = [row("grpo", 0, 0.1), row("grpo", 1, 0.2), row("ctl", 0, 0.5, 0.02), row("ctl", 1, 0.6, 0.04)]
+    s = summarise(rows, baseline="grpo", k_max=2)
+    ctl = s["methods"]["ctl"]
+    assert "target_abs_error" not in ctl["diff"]  # grpo has no target: nothing to pair with
+    assert ctl["mean"]["target_abs_error"]["mean"] == pytest.approx(0.03)
+    assert ctl["diff"]["entropy_final"]["mean"] == pytest.approx(0.4)  # (0.4 + 0.4) / 2
+    text = summary_markdown(s, {"metrics": {}}, title="t", setting="s", baseline="grpo", rule=None, wall_s=60.0)
+    assert "nan" not in text
+
+
 def test_two_methods_two_seeds_end_to_end_and_resume(tmp_path, tiny_model_dir):
     from rlentropy.studies.study import run_study
 
@@ -119,6 +147,8 @@ def test_two_methods_two_seeds_end_to_end_and_resume(tmp_path, tiny_model_dir):
     rows = {(r["method"], r["seed"]): r for r in json.loads((out / "summary.json").read_text())["runs"]}
     assert rows[("clip_b", 1)]["resumed"] is True and rows[("clip_b", 1)]["steps"] == 2
     assert all(p.stat().st_mtime_ns == t for p, t in untouched.items())  # finished runs were not rerun
+    assert not rows[("clip_b", 1)].get("reused") and all(r.get("reused") for k, r in rows.items() if k != ("clip_b", 1))
+    assert "3 of 4 runs had finished before it and were reused" in (out / "summary.md").read_text()
     assert len((victim / "metrics.jsonl").read_text().splitlines()) == 2
 
 

@@ -5,7 +5,7 @@ this method and seed, its run directory; torch threads come from the config (`tr
 `run_job(job)`:
 
 * a run whose `study_result.json` (`demo_result.json` for the demo) belongs to its resolved config is
-  finished: its row is returned, nothing reruns;
+  finished: its saved row is returned with `reused: True`, nothing reruns;
 * otherwise `rlentropy.studies.runs.train_to_end` brings it to its last step: resumed from its newest
   checkpoint (exact continuation), started again when it has none, or — trained to the end but not
   evaluated — only evaluated, from its final checkpoint;
@@ -173,7 +173,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     cfg = load_config(job["config"], job["overrides"])
     done = _finished(run_dir, cfg, result)
     if done is not None:
-        return done
+        return {**done, "reused": True}
     set_threads(cfg.train.threads, torch.device("cpu"))
     t0 = time.perf_counter()
     trainer = train_to_end(cfg, quiet=True)

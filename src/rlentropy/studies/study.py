@@ -213,6 +213,11 @@ def summarise(rows: list[dict[str, Any]], *, baseline: str, k_max: int) -> dict[
     methods = list(dict.fromkeys(r["method"] for r in rows))
     by = {m: {r["seed"]: r for r in rows if r["method"] == m} for m in methods}
     out: dict[str, Any] = {"figures": [k for k, _ in figures], "labels": dict(figures), "methods": {}}
+    out["runs_time"] = {
+        "runs": len(rows),
+        "reused": sum(bool(r.get("reused")) for r in rows),
+        "run_s": sum(float(r.get("total_s", 0.0)) for r in rows),
+    }
     for m in methods:
         entry: dict[str, Any] = {"seeds": sorted(by[m]), "mean": {}, "diff": {}}
         for key, _ in figures:
@@ -221,8 +226,9 @@ def summarise(rows: list[dict[str, Any]], *, baseline: str, k_max: int) -> dict[
                 continue
             entry["mean"][key] = t_interval(list(vals.values())).as_dict()
             if m != baseline and baseline in by:
-                base = {s: r[key] for s, r in by[baseline].items() if key in r}
-                entry["diff"][key] = paired_difference(vals, base).as_dict()
+                base = {s: r[key] for s, r in by[baseline].items() if r.get(key) is not None}
+                if set(vals) & set(base):  # a figure the baseline lacks (a controller's target) has no difference
+                    entry["diff"][key] = paired_difference(vals, base).as_dict()
         out["methods"][m] = entry
     return out
 
@@ -295,8 +301,18 @@ def summary_markdown(
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "`*`: the 95 % interval excludes 0.", "", "## What the evidence supports", ""]
     lines += sentences(summary, baseline) or [f"* No method differs from {baseline} beyond seed noise on any figure."]
-    lines += ["", f"Total wall time {wall_s / 60:.1f} min."]
+    lines += ["", wall_time_line(summary.get("runs_time", {}), wall_s)]
     return "\n".join(lines) + "\n"
+
+
+def wall_time_line(runs_time: dict[str, Any], wall_s: float) -> str:
+    """The study's time: this invocation's wall time, how many runs it reused (finished before), and the
+    runs' own time (training + evaluation, summed over runs: worker time, not wall time)."""
+    n, reused, run_s = runs_time.get("runs", 0), runs_time.get("reused", 0), runs_time.get("run_s", 0.0)
+    line = f"Total wall time {wall_s / 60:.1f} min"
+    if reused:
+        line += f" (this invocation; {reused} of {n} runs had finished before it and were reused, not rerun)"
+    return line + f". The runs' own time, summed: {run_s / 60:.1f} min of worker time."
 
 
 def sentences(summary: dict[str, Any], baseline: str) -> list[str]:
