@@ -5,8 +5,10 @@
 
 Each `--set` (repeatable; several keys joined by commas) is one row of the table: the config with those
 overrides, its task's first `--prompts` eval prompts, `--n` samples each at the config's
-rollout.temperature and max_new_tokens. Prints a markdown table (docs/recipes.md keeps the SmolLM2
-one). With no `--set`, one row for the config as it is.
+rollout.temperature, top_p, max_new_tokens and engine, scored by the task's verifier; pass@k is the
+unbiased estimator (`rlentropy.algorithms.pass_at_k`) averaged over prompts. Only sampling and
+scoring run (no teacher-forced entropy pass, unlike `rlentropy eval`), so a row is cheap. Prints a
+markdown table (docs/recipes.md keeps the SmolLM2 one). With no `--set`, one row for the config as is.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import time
 
 import torch
 
+from rlentropy.algorithms import pass_at_k
 from rlentropy.data.tasks import build_task
-from rlentropy.evaluate.core import evaluate_model
 from rlentropy.models.loading import load_policy
+from rlentropy.rollout.hf import HFGenerator
 from rlentropy.runs.config import load_config
 
 
@@ -43,18 +46,25 @@ def main() -> None:
         cfg = load_config(args.config, overrides)
         task = build_task(cfg.data, for_eval=True)
         t0 = time.perf_counter()
-        metrics, _ = evaluate_model(
+        examples = task.eval_examples()[: args.prompts]
+        tok = policy.tokenizer
+        gen = HFGenerator(
             policy.model,
-            policy.tokenizer,
-            task,
-            n=args.n,
+            tok,
+            max_new_tokens=cfg.rollout.max_new_tokens,
             temperature=cfg.rollout.temperature,
             top_p=cfg.rollout.top_p,
-            max_new_tokens=cfg.rollout.max_new_tokens,
-            max_prompts=args.prompts,
-            seed=args.seed,
+            stop_strings=task.stop_strings,
+            batch_size=cfg.rollout.batch_size,
             engine=cfg.rollout.engine,
         )
+        policy.model.eval()
+        batch = gen.generate([task.render_prompt(e, tok) for e in examples], examples, args.n, seed=args.seed)
+        rewards = torch.tensor(task.score(batch.completions, batch.examples)).view(len(examples), args.n)  # [P, n]
+        correct = (rewards >= 1.0).sum(-1).tolist()  # [P]
+        metrics = {f"pass@{k}": sum(pass_at_k(args.n, c, k) for c in correct) / len(correct) for k in ks}
+        metrics["response_len"] = float(batch.response_mask.sum(-1).mean())
+        metrics["num_prompts"] = len(examples)
         secs = time.perf_counter() - t0
         cells = " | ".join(f"{metrics[f'pass@{k}']:.3f}" for k in ks)
         label = ", ".join(overrides) or "(as shipped)"

@@ -285,9 +285,9 @@ class Trainer:
             raise ConfigError("model: no trainable parameters")
         self.fsdp = cfg.train.distributed == "fsdp" and self.world > 1
         if self.fsdp:  # parameters, gradients and optimizer states sharded (FSDP2)
-            self.forward = shard_fsdp(PolicyForward(self.model), self.model)
+            self.forward = shard_fsdp(PolicyForward(self.model, share_prompts=cfg.train.share_prompts), self.model)
         else:  # DDP when several processes, summing gradients
-            self.forward = self.acc.prepare(PolicyForward(self.model))
+            self.forward = self.acc.prepare(PolicyForward(self.model, share_prompts=cfg.train.share_prompts))
             if self.world > 1 and hasattr(self.forward, "register_comm_hook"):
                 self.forward.register_comm_hook(state=None, hook=sum_gradients_hook)
         self.params = [p for p in self.model.parameters() if p.requires_grad]  # after sharding
@@ -390,7 +390,11 @@ class Trainer:
         """No-grad statistics of `batch` under the current weights (the old policy before the update)."""
         with self._eval_mode(), self._autocast(), full_parameters(self.forward):
             return policy_token_stats_chunked(
-                self.model, batch, rows_per_chunk=self._stats_rows(), temperature=self.cfg.rollout.temperature
+                self.model,
+                batch,
+                rows_per_chunk=self._stats_rows(),
+                temperature=self.cfg.rollout.temperature,
+                share_prompts=self.cfg.train.share_prompts,
             )
 
     def _has_dropout(self) -> bool:
