@@ -256,8 +256,7 @@ def test_arithmetic_operand_range_and_calc_template():
     assert all(1 <= e.meta["a"] <= 20 and 1 <= e.meta["b"] <= 20 and e.meta["op"] == "+" for e in exs)
     ex = Example("c", "12+7", "19", {"a": 12, "b": 7, "op": "+", "target": 19})
     assert task.render_prompt(ex, _ChatML()) == (
-        f"<|im_start|>system\n{CALC_SYSTEM}<|im_end|>\n<|im_start|>user\n12+7<|im_end|>\n"
-        "<|im_start|>assistant\n12+7="
+        f"<|im_start|>system\n{CALC_SYSTEM}<|im_end|>\n<|im_start|>user\n12+7<|im_end|>\n<|im_start|>assistant\n12+7="
     )
     # The response is the number alone, cut at the first newline; anything else around it scores 0.
     got = task.score(["19", "19\n12+8=20", " 19", "19.", "19 apples", "019", "20", "1 9", ""], [ex] * 9)
