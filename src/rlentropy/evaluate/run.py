@@ -498,6 +498,7 @@ def _evaluate_checkpoints(
             batch_size=bsz,
             progress=progress,
             engine=cfg.rollout.engine,
+            share_prompts=cfg.train.share_prompts,
         )
         save_eval_result(
             run_dir,

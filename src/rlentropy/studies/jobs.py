@@ -67,6 +67,7 @@ def evaluate_policy(
         seed=st["seed"],
         batch_size=cfg.rollout.batch_size,
         engine=cfg.rollout.engine,
+        share_prompts=cfg.train.share_prompts,
     )
     return m, samples, st
 

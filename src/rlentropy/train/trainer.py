@@ -26,6 +26,7 @@ import shlex
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from rlentropy.data.lengths import WithEvalExamples, check_prompt_lengths, promp
 from rlentropy.errors import ConfigError, DataError, Interrupted, writing
 from rlentropy.evaluate import evaluate_model
 from rlentropy.evaluate.run import eval_settings, save_eval_result
-from rlentropy.models.forward import PolicyForward, policy_token_stats_chunked
+from rlentropy.models.forward import PolicyForward, policy_token_stats, policy_token_stats_chunked
 from rlentropy.models.loading import (
     load_policy,
     load_reference,
@@ -322,7 +323,8 @@ class Trainer:
             batch_size=r.batch_size,
             engine=r.engine,
         )
-        self.probe = DynamicsProbe(cfg.probes, run_dir=self.run_dir if self.is_main else None)
+        probe_stats = partial(policy_token_stats, share_prompts=True) if cfg.train.share_prompts else None
+        self.probe = DynamicsProbe(cfg.probes, run_dir=self.run_dir if self.is_main else None, stats_fn=probe_stats)
         t, kl = cfg.train, cfg.algorithm.kl
         self.max_len = cfg.algorithm.max_len or r.max_new_tokens
         settings = UpdateSettings(
@@ -758,6 +760,7 @@ class Trainer:
                 seed=settings["seed"],
                 batch_size=self.cfg.rollout.batch_size,
                 engine=self.cfg.rollout.engine,
+                share_prompts=self.cfg.train.share_prompts,
             )
         save_eval_result(self.run_dir, step, metrics, samples, settings=settings, checkpoint=f"in-training step {step}")
         return {f"eval/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
