@@ -99,5 +99,5 @@ def test_smollm2_study_config():
     assert set(methods) == {"grpo", "clip_b", "clip_v"} and cfg.study.baseline == "grpo"
     assert "algorithm.control_params.mu=1.1" in methods["clip_b"]
     assert "algorithm.control_params.mu=2.2" in methods["clip_v"]
-    for name, overrides in methods.items():
+    for overrides in methods.values():
         load_config("configs/smollm2-135m_arithmetic_cpu.yaml", list(overrides))
