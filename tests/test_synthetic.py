@@ -234,6 +234,45 @@ def test_arithmetic_hand_worked_and_splits():
         ArithmeticTask(DataConfig(task="arithmetic", params={"digits": 0}))
 
 
+class _ChatML:
+    """The least a tokenizer needs for the chat templates: ChatML rendering of the messages."""
+
+    chat_template = "chatml"
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
+        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
+def test_arithmetic_operand_range_and_calc_template():
+    from rlentropy.data.synthetic import CALC_SYSTEM
+
+    params = {"ops": "+", "min_operand": 1, "max_operand": 20, "train_size": 150, "eval_size": 200}
+    task = ArithmeticTask(DataConfig(task="arithmetic", template="calc", params=params))
+    assert task.stop_strings == ["\n"] and task.operand_range() == (1, 20)
+    exs = task.train_examples() + task.eval_examples()
+    # 20 x 20 = 400 (a, b) pairs: 350 drawn, all distinct and in range.
+    assert len({e.meta["key"] for e in exs}) == 350
+    assert all(1 <= e.meta["a"] <= 20 and 1 <= e.meta["b"] <= 20 and e.meta["op"] == "+" for e in exs)
+    ex = Example("c", "12+7", "19", {"a": 12, "b": 7, "op": "+", "target": 19})
+    assert task.render_prompt(ex, _ChatML()) == (
+        f"<|im_start|>system\n{CALC_SYSTEM}<|im_end|>\n<|im_start|>user\n12+7<|im_end|>\n<|im_start|>assistant\n12+7="
+    )
+    # The response is the number alone, cut at the first newline; anything else around it scores 0.
+    got = task.score(["19", "19\n12+8=20", " 19", "19.", "19 apples", "019", "20", "1 9", ""], [ex] * 9)
+    assert got == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    with pytest.raises(ConfigError, match=r"data\.params\.max_operand: set min_operand and max_operand together"):
+        ArithmeticTask(DataConfig(task="arithmetic", params={"min_operand": 1}))
+    with pytest.raises(ConfigError, match=r"data\.params\.min_operand: must be <= max_operand \(3\), got 5"):
+        ArithmeticTask(DataConfig(task="arithmetic", params={"min_operand": 5, "max_operand": 3}))
+    with pytest.raises(ConfigError, match=r"data\.params\.eval_size: could only draw"):
+        ArithmeticTask(DataConfig(task="arithmetic", params={**params, "max_operand": 9}))
+    with pytest.raises(ConfigError, match=r"data\.template: 'calc' is not available for task 'countdown'"):
+        CountdownTask(DataConfig(task="countdown", template="calc", params=SMALL))
+    # The digits range stays the default.
+    assert ArithmeticTask(DataConfig(task="arithmetic", params={"digits": 2})).operand_range() == (10, 99)
+
+
 @settings(max_examples=100, deadline=None)
 @given(a=st.integers(0, 10**6), b=st.integers(0, 10**6), op=st.sampled_from("+-*"))
 def test_arithmetic_verifier_property(a, b, op):

@@ -12,8 +12,12 @@ never raises: garbage, overflow-sized input or a division by zero scores 0.
     task.score(["3*5+7"], [ex])            # [1.0]
 
 Templates (`data.template`): "plain" (default; the prompt is the question and a colon for countdown,
-the expression and "=" for arithmetic; stop string "\\n") and "chat" (an instruction rendered with
-the tokenizer's chat template, answer inside <answer></answer>; stop string "</answer>").
+the expression and "=" for arithmetic; stop string "\\n"), "chat" (an instruction rendered with
+the tokenizer's chat template, answer inside <answer></answer>; stop string "</answer>") and, for
+arithmetic only, "calc" (the chat template with the system message `CALC_SYSTEM`, the expression as
+the user turn, and the assistant turn opened with the expression and "=", so that the response is the
+number alone; stop string "\\n"). "calc" is what a small instruct model follows (SmolLM2-135M-Instruct
+answers a 1-digit sum in a few tokens; docs/recipes.md has the calibration).
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ __all__ = [
     "format_expression",
 ]
 
-_TEMPLATES = ("plain", "chat")
-_STOP = {"plain": ["\n"], "chat": ["</answer>"]}
+_TEMPLATES = ("plain", "chat", "calc")
+_STOP = {"plain": ["\n"], "chat": ["</answer>"], "calc": ["\n"]}
+CALC_SYSTEM = "You are a calculator. Reply with only the result."
+"""The system message of the arithmetic task's "calc" template."""
 _MAX_ANSWER_CHARS = 200  # longer candidate answers are garbage by definition (score 0)
 _MAX_DEPTH = 32  # parenthesis nesting the countdown parser accepts
 
@@ -72,21 +78,22 @@ def _resolve_params(task: str, given: dict[str, Any], spec: dict[str, _Param]) -
     return out
 
 
-def _check_common(cfg: DataConfig, task: str) -> str:
+def _check_common(cfg: DataConfig, task: str, templates: Sequence[str]) -> str:
     if cfg.path is not None:
         raise ConfigError(f"data.path: the synthetic task {task!r} is generated from data.seed and reads no file")
     template = cfg.template or "plain"
-    if template not in _TEMPLATES:
-        raise ConfigError(f"data.template: {template!r} is not available for task {task!r}; allowed: plain, chat")
+    if template not in templates:
+        raise ConfigError(
+            f"data.template: {template!r} is not available for task {task!r}; allowed: {', '.join(templates)}"
+        )
     return template
 
 
-def _chat(tokenizer: Any, text: str) -> str:
+def _chat(tokenizer: Any, text: str, *, system: str | None = None) -> str:
     if getattr(tokenizer, "chat_template", None) is None:
-        raise ConfigError("data.template: 'chat' needs a tokenizer with a chat template; use 'plain'")
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-    )
+        raise ConfigError("data.template: 'chat' and 'calc' need a tokenizer with a chat template; use 'plain'")
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def _extract_answer(completion: str, stop_strings: Sequence[str]) -> str | None:
@@ -330,9 +337,10 @@ class _SyntheticTask(abc.ABC):
 
     name: str
     _PARAMS: dict[str, _Param]
+    _TEMPLATES: tuple[str, ...] = ("plain", "chat")
 
     def __init__(self, cfg: DataConfig):
-        self.template = _check_common(cfg, self.name)
+        self.template = _check_common(cfg, self.name, self._TEMPLATES)
         self.params = _resolve_params(self.name, cfg.params, self._PARAMS)
         self._check_params()
         self.stop_strings = list(_STOP[self.template])
@@ -443,6 +451,8 @@ _ARITH_PARAMS = {
         lambda v: len(v) > 0 and set(v) <= set("+-*") and len(set(v)) == len(v),
         "a non-empty string of distinct characters from '+-*'",
     ),
+    "min_operand": _Param(None, int, lambda v: 0 <= v < 10**18, "an integer in [0, 10^18)"),
+    "max_operand": _Param(None, int, lambda v: 0 <= v < 10**18, "an integer in [0, 10^18)"),
     "train_size": _Param(10000, int, lambda v: v >= 1, "a positive integer"),
     "eval_size": _Param(200, int, lambda v: v >= 1, "a positive integer"),
 }
@@ -464,15 +474,32 @@ class ArithmeticTask(_SyntheticTask):
     """Multi-digit arithmetic: `a op b` with `digits`-digit operands and op in `ops`; the answer is
     the exact integer result (negative for some subtractions).
 
-    Params (data.params): digits=3, ops="+-*", train_size=10000, eval_size=200.
+    Params (data.params): digits=3, ops="+-*", min_operand / max_operand (null: the `digits`-digit
+    range; set both to draw operands uniformly from min_operand..max_operand instead, e.g. 1..9),
+    train_size=10000, eval_size=200. Templates: plain, chat, calc (module docstring).
     """
 
     name = "arithmetic"
     _PARAMS = _ARITH_PARAMS
+    _TEMPLATES = ("plain", "chat", "calc")
+
+    def _check_params(self) -> None:
+        lo, hi = self.params["min_operand"], self.params["max_operand"]
+        if (lo is None) != (hi is None):
+            missing = "max_operand" if hi is None else "min_operand"
+            raise ConfigError(f"data.params.{missing}: set min_operand and max_operand together (or neither)")
+        if lo is not None and lo > hi:
+            raise ConfigError(f"data.params.min_operand: must be <= max_operand ({hi}), got {lo}")
+
+    def operand_range(self) -> tuple[int, int]:
+        """The inclusive range both operands are drawn from."""
+        if self.params["min_operand"] is not None:
+            return self.params["min_operand"], self.params["max_operand"]
+        d = self.params["digits"]
+        return (0 if d == 1 else 10 ** (d - 1)), 10**d - 1
 
     def _draw(self, rng: random.Random) -> Example:
-        d = self.params["digits"]
-        lo, hi = (0 if d == 1 else 10 ** (d - 1)), 10**d - 1
+        lo, hi = self.operand_range()
         a, b = rng.randint(lo, hi), rng.randint(lo, hi)
         op = rng.choice(self.params["ops"])
         result = a + b if op == "+" else a - b if op == "-" else a * b
@@ -486,6 +513,8 @@ class ArithmeticTask(_SyntheticTask):
     def render_prompt(self, example: Example, tokenizer: Any) -> str:
         if self.template == "plain":
             return f"{example.question}="
+        if self.template == "calc":
+            return _chat(tokenizer, example.question, system=CALC_SYSTEM) + f"{example.question}="
         return _chat(
             tokenizer,
             f"Compute {example.question}. Give only the resulting integer inside <answer></answer>.",

@@ -127,6 +127,7 @@ def evaluate_model(
     batch_size: int | None = None,
     progress: bool = False,
     engine: str = "auto",
+    share_prompts: bool = False,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Sample ``n`` completions for each eval prompt of ``task`` and compute the eval metrics.
 
@@ -145,6 +146,8 @@ def evaluate_model(
         progress: show a rich progress bar over prompts.
         engine: the sampling engine of `rlentropy.rollout.hf.HFGenerator` ("auto", "lean", "hf_generate";
             the run's `rollout.engine`).
+        share_prompts: the teacher-forced statistics pass runs each prompt once for its n samples
+            (`rlentropy.models.forward.response_hidden_of`; the run's `train.share_prompts`).
 
     Returns:
         ``(metrics, samples)``. ``metrics`` holds ``pass@k`` and ``maj@k`` for k = 1, 2, 4, … ≤ n (and
@@ -216,7 +219,9 @@ def evaluate_model(
             for chunk_idx, start in enumerate(range(0, len(examples), per_chunk)):
                 ex_chunk = examples[start : start + per_chunk]
                 batch = generator.generate(prompts[start : start + per_chunk], ex_chunk, n, seed=seed + chunk_idx)
-                stats = policy_token_stats(model, _on_device(batch, device), temperature=temperature)
+                stats = policy_token_stats(
+                    model, _on_device(batch, device), temperature=temperature, share_prompts=share_prompts
+                )
                 mask = batch.response_mask.to(torch.float64)  # [B, T]
                 ent = stats.entropy.detach().cpu().to(torch.float64) * mask  # [B, T]
                 sur = -stats.logp.detach().cpu().to(torch.float64) * mask  # [B, T]

@@ -88,6 +88,7 @@ def evaluate_with_settings(
     batch_size: int | None = None,
     engine: str = "auto",
     progress: bool = False,
+    share_prompts: bool = False,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """`evaluate_model` with the sampling settings of an `eval_settings` record (n, temperature, top_p,
     max_new_tokens, max_prompts, seed)."""
@@ -104,6 +105,7 @@ def evaluate_with_settings(
         batch_size=batch_size,
         progress=progress,
         engine=engine,
+        share_prompts=share_prompts,
     )
 
 
@@ -514,7 +516,14 @@ def _evaluate_checkpoints(
         model = loaded.model.to(device)
         model.eval()
         metrics, samples = evaluate_with_settings(
-            model, loaded.tokenizer, task, settings, batch_size=bsz, engine=cfg.rollout.engine, progress=progress
+            model,
+            loaded.tokenizer,
+            task,
+            settings,
+            batch_size=bsz,
+            engine=cfg.rollout.engine,
+            progress=progress,
+            share_prompts=cfg.train.share_prompts,
         )
         save_eval_result(
             run_dir,

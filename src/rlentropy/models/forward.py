@@ -82,9 +82,22 @@ def response_hidden(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor
 
 
 def response_hidden_of(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_len: int,
+    *,
+    share_prompts: bool = False,
 ) -> torch.Tensor:
     """`response_hidden` on plain tensors: ids [B, L], attention mask [B, L], prompt length P.
+
+    With `share_prompts`, rows with the same prompt (ids and mask over the first P positions, e.g. the
+    samples of a GRPO group) run the prompt through the body once: one forward over the U distinct
+    prompts fills a KV cache, the cache is expanded to the B rows (an index_select, so gradients
+    reach the prompt positions of every row) and a second forward runs the response positions only.
+    The result equals the plain forward up to float rounding (different matmul shapes); it saves
+    (B − U) · P positions of the body, most of the work when prompts are long and responses short.
+    Models whose forward returns no reorderable cache take the plain path.
 
     Returns:
         [B, L − P, D] hidden states predicting the response tokens.
@@ -92,14 +105,58 @@ def response_hidden_of(
     body, _ = body_and_head(model)
     if prompt_len < 1:
         raise ValueError("batch.prompt_len: must be >= 1 (the first response token needs a predicting position)")
+    position_ids = position_ids_from_mask(attention_mask)  # [B, L]
+    if share_prompts:
+        hidden = _shared_prompt_hidden(body, input_ids, attention_mask, position_ids, prompt_len)
+        if hidden is not None:
+            return hidden
     out = body(
         input_ids=input_ids[:, :-1],
         attention_mask=attention_mask[:, :-1],
-        position_ids=position_ids_from_mask(attention_mask)[:, :-1],
+        position_ids=position_ids[:, :-1],
         use_cache=False,
     )
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # [B, L-1, D]
     return hidden[:, prompt_len - 1 :]  # [B, T, D]
+
+
+def _shared_prompt_hidden(
+    body: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    prompt_len: int,
+) -> torch.Tensor | None:
+    """The prompt-sharing path of `response_hidden_of`; None when no prompt repeats or no cache."""
+    P = prompt_len
+    key = torch.cat([input_ids[:, :P], attention_mask[:, :P].to(input_ids.dtype)], dim=1)  # [B, 2P]
+    uniq, expand = torch.unique(key, dim=0, return_inverse=True)  # [U, 2P], [B]
+    if uniq.shape[0] == input_ids.shape[0]:
+        return None
+    first = torch.full((uniq.shape[0],), input_ids.shape[0], dtype=torch.long, device=input_ids.device)  # [U]
+    first = first.scatter_reduce(0, expand, torch.arange(input_ids.shape[0], device=input_ids.device), "amin")
+    out = body(
+        input_ids=input_ids[first, :P],
+        attention_mask=attention_mask[first, :P],
+        position_ids=position_ids[first, :P],
+        use_cache=True,
+    )
+    cache = getattr(out, "past_key_values", None)
+    if cache is None or not hasattr(cache, "reorder_cache"):
+        return None
+    last = out.last_hidden_state[:, -1:]  # [U, 1, D] the position predicting response token 0
+    last = last.index_select(0, expand)  # [B, 1, D]
+    if input_ids.shape[1] - P <= 1:  # one response position: nothing after the prompt to run
+        return last
+    cache.reorder_cache(expand)  # every layer's keys / values [U, ...] -> [B, ...], differentiable
+    rest = body(
+        input_ids=input_ids[:, P:-1],
+        attention_mask=attention_mask[:, :-1],
+        position_ids=position_ids[:, P:-1],
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return torch.cat([last, rest.last_hidden_state], dim=1)  # [B, T, D]
 
 
 def token_stats_of(
@@ -112,6 +169,7 @@ def token_stats_of(
     temperature: float = 1.0,
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
     check_finite: bool | None = None,
+    share_prompts: bool = False,
 ) -> TokenStats:
     """Token statistics of the response tokens `input_ids[:, prompt_len:]` at the positions of `mask`.
 
@@ -123,13 +181,14 @@ def token_stats_of(
         prompt_len: P.
         mask: [B, L − P] positions to compute; the rest read 0.
         temperature, workspace_bytes, check_finite: see `policy_token_stats`.
+        share_prompts: one body pass per distinct prompt (`response_hidden_of`).
 
     Returns:
         `TokenStats`, every field [B, L − P] float32.
     """
     if temperature <= 0:
         raise ValueError(f"temperature: must be > 0, got {temperature}")
-    hidden = response_hidden_of(model, input_ids, attention_mask, prompt_len)  # [B, T, D]
+    hidden = response_hidden_of(model, input_ids, attention_mask, prompt_len, share_prompts=share_prompts)  # [B, T, D]
     _, head = body_and_head(model)
     tokens = input_ids[:, prompt_len:]  # [B, T]
     return token_stats_from_hidden(
@@ -153,11 +212,14 @@ class PolicyForward(torch.nn.Module):
 
     Args:
         policy: the causal LM (possibly peft-wrapped).
+        share_prompts: one body pass per distinct prompt of a micro-batch (`response_hidden_of`;
+            `train.share_prompts`).
     """
 
-    def __init__(self, policy: torch.nn.Module) -> None:
+    def __init__(self, policy: torch.nn.Module, *, share_prompts: bool = False) -> None:
         super().__init__()
         self.policy = policy
+        self.share_prompts = share_prompts
 
     def forward(
         self,
@@ -171,7 +233,14 @@ class PolicyForward(torch.nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         """Returns the `TokenStats` fields (logp, entropy, s, s_bar, sum_p2), each [B, T]."""
         st = token_stats_of(
-            self.policy, input_ids, attention_mask, prompt_len, mask, temperature=temperature, check_finite=check_finite
+            self.policy,
+            input_ids,
+            attention_mask,
+            prompt_len,
+            mask,
+            temperature=temperature,
+            check_finite=check_finite,
+            share_prompts=self.share_prompts,
         )
         return st.logp, st.entropy, st.s, st.s_bar, st.sum_p2
 
@@ -185,6 +254,7 @@ def policy_token_stats(
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
     mask: torch.Tensor | None = None,
     check_finite: bool | None = None,
+    share_prompts: bool = False,
 ) -> TokenStats:
     """Token statistics of the response tokens of `batch` under `model`, from hidden states.
 
@@ -213,6 +283,7 @@ def policy_token_stats(
             temperature=temperature,
             workspace_bytes=workspace_bytes,
             check_finite=check_finite,
+            share_prompts=share_prompts,
         )
 
 
@@ -223,6 +294,7 @@ def policy_token_stats_chunked(
     rows_per_chunk: int,
     temperature: float = 1.0,
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+    share_prompts: bool = False,
 ) -> TokenStats:
     """`policy_token_stats` without gradient, `rows_per_chunk` sequences at a time (bounded memory).
 
@@ -235,5 +307,9 @@ def policy_token_stats_chunked(
     n = len(batch)
     for start in range(0, n, rows_per_chunk):
         sub = batch.select(list(range(start, min(n, start + rows_per_chunk))))
-        parts.append(policy_token_stats(model, sub, temperature=temperature, workspace_bytes=workspace_bytes))
+        parts.append(
+            policy_token_stats(
+                model, sub, temperature=temperature, workspace_bytes=workspace_bytes, share_prompts=share_prompts
+            )
+        )
     return TokenStats(**{k: torch.cat([getattr(p, k) for p in parts], dim=0) for k in STAT_FIELDS})  # each [B, T]

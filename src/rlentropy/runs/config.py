@@ -280,6 +280,11 @@ class TrainConfig(_Section):
             model; gradients summed during backward) or "fsdp" (PyTorch FSDP2: parameters, gradients and
             optimizer states sharded per decoder layer; generation, statistics, evaluation and checkpoints
             gather whole parameters; no probes). One process ignores it.
+        share_prompts: the loss forward and the old-policy statistics run each distinct prompt of a
+            micro-batch through the model once (a KV cache expanded to its samples, gradients included)
+            and only the response positions per sample: the same numbers up to float rounding, and much
+            less work when prompts are long and responses short (docs/training.md, "Prompt sharing").
+            Off by default; falls back to the plain forward for a model without a reorderable cache.
     """
 
     steps: int = Field(default=100, ge=1)
@@ -296,6 +301,7 @@ class TrainConfig(_Section):
     threads: int | Literal["auto"] = "auto"
     fuse_old_stats: bool = True
     distributed: Literal["ddp", "fsdp"] = "ddp"
+    share_prompts: bool = False
 
     @field_validator("threads", mode="before")
     @classmethod

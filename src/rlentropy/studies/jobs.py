@@ -62,7 +62,13 @@ def evaluate_policy(
     context = context_length(getattr(unwrap_causal_lm(model), "config", None))
     task = fit_eval_prompts(cfg, task, tokenizer, context=context, max_new_tokens=st["max_new_tokens"], warn=_notice)
     m, samples = evaluate_with_settings(
-        model, tokenizer, task, st, batch_size=cfg.rollout.batch_size, engine=cfg.rollout.engine
+        model,
+        tokenizer,
+        task,
+        st,
+        batch_size=cfg.rollout.batch_size,
+        engine=cfg.rollout.engine,
+        share_prompts=cfg.train.share_prompts,
     )
     return m, samples, st
 

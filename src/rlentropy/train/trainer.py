@@ -26,6 +26,7 @@ import shlex
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from rlentropy.data import build_task
 from rlentropy.data.lengths import WithEvalExamples, check_prompt_lengths, prompt_token_limit
 from rlentropy.errors import ConfigError, DataError, Interrupted, writing
 from rlentropy.evaluate.run import eval_settings, evaluate_with_settings, save_eval_result
-from rlentropy.models.forward import PolicyForward, policy_token_stats_chunked
+from rlentropy.models.forward import PolicyForward, policy_token_stats, policy_token_stats_chunked
 from rlentropy.models.loading import (
     load_policy,
     load_reference,
@@ -284,9 +285,9 @@ class Trainer:
             raise ConfigError("model: no trainable parameters")
         self.fsdp = cfg.train.distributed == "fsdp" and self.world > 1
         if self.fsdp:  # parameters, gradients and optimizer states sharded (FSDP2)
-            self.forward = shard_fsdp(PolicyForward(self.model), self.model)
+            self.forward = shard_fsdp(PolicyForward(self.model, share_prompts=cfg.train.share_prompts), self.model)
         else:  # DDP when several processes, summing gradients
-            self.forward = self.acc.prepare(PolicyForward(self.model))
+            self.forward = self.acc.prepare(PolicyForward(self.model, share_prompts=cfg.train.share_prompts))
             if self.world > 1 and hasattr(self.forward, "register_comm_hook"):
                 self.forward.register_comm_hook(state=None, hook=sum_gradients_hook)
         self.params = [p for p in self.model.parameters() if p.requires_grad]  # after sharding
@@ -321,7 +322,8 @@ class Trainer:
             batch_size=r.batch_size,
             engine=r.engine,
         )
-        self.probe = DynamicsProbe(cfg.probes, run_dir=self.run_dir if self.is_main else None)
+        probe_stats = partial(policy_token_stats, share_prompts=True) if cfg.train.share_prompts else None
+        self.probe = DynamicsProbe(cfg.probes, run_dir=self.run_dir if self.is_main else None, stats_fn=probe_stats)
         t, kl = cfg.train, cfg.algorithm.kl
         self.max_len = cfg.algorithm.max_len or r.max_new_tokens
         settings = UpdateSettings(
@@ -389,7 +391,11 @@ class Trainer:
         """No-grad statistics of `batch` under the current weights (the old policy before the update)."""
         with self._eval_mode(), self._autocast(), full_parameters(self.forward):
             return policy_token_stats_chunked(
-                self.model, batch, rows_per_chunk=self._stats_rows(), temperature=self.cfg.rollout.temperature
+                self.model,
+                batch,
+                rows_per_chunk=self._stats_rows(),
+                temperature=self.cfg.rollout.temperature,
+                share_prompts=self.cfg.train.share_prompts,
             )
 
     def _has_dropout(self) -> bool:
@@ -748,6 +754,7 @@ class Trainer:
                 settings,
                 batch_size=self.cfg.rollout.batch_size,
                 engine=self.cfg.rollout.engine,
+                share_prompts=self.cfg.train.share_prompts,
             )
         save_eval_result(self.run_dir, step, metrics, samples, settings=settings, checkpoint=f"in-training step {step}")
         return {f"eval/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
