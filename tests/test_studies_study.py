@@ -178,3 +178,21 @@ def test_progress_in_a_log_file_is_a_plain_line_with_an_eta(tmp_path):
     with _StudyProgress(jobs, 10, console=Console(file=quiet), quiet=True, every_s=0.0) as progress:
         progress.poll()
     assert quiet.getvalue() == ""
+
+
+def test_step_counter_reads_appended_lines_and_notices_a_replaced_file(tmp_path):
+    from rlentropy.studies.study import _StepCounter
+
+    count, run = _StepCounter(), tmp_path / "run"
+    assert count(run) == 0  # no run directory yet
+    run.mkdir()
+    path = run / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"st')  # the third line is still being written
+    assert count(run) == 2
+    with path.open("a") as f:
+        f.write('ep": 3}\n{"step": 4}\n')
+    assert count(run) == 4
+    assert count(run) == 4  # nothing new
+    path.rename(run / "metrics.old.jsonl")  # a restarted run sets its metrics aside and starts again
+    path.write_text('{"step": 1}\n')
+    assert count(run) == 1

@@ -93,14 +93,35 @@ def save_base_evals(rows: list[dict[str, Any]], base: dict[str, Any]) -> None:
         )
 
 
-def _steps_done(run_dir: Path) -> int:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return 0
-    try:
-        return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    except OSError:
-        return 0
+class _StepCounter:
+    """Steps logged by each run: the complete lines of its metrics.jsonl, reading only the bytes appended
+    since the last call (the progress polls twice a second; whole files would be re-read each time). A
+    file replaced (a run restarted from step 0 sets its old metrics aside) or shortened is counted again."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, tuple[int, int, int]] = {}  # path → (inode, bytes counted, lines)
+
+    def __call__(self, run_dir: Path) -> int:
+        path = run_dir / "metrics.jsonl"
+        try:
+            st = path.stat()
+        except OSError:
+            return 0
+        ino, offset, lines = self._seen.get(path, (st.st_ino, 0, 0))
+        if ino != st.st_ino or st.st_size < offset:
+            offset, lines = 0, 0
+        if st.st_size > offset:
+            try:
+                with path.open("rb") as f:
+                    f.seek(offset)
+                    chunk = f.read(st.st_size - offset)
+            except OSError:
+                return lines
+            complete = chunk.rfind(b"\n") + 1  # a line still being written counts once it ends
+            lines += chunk.count(b"\n")
+            offset += complete
+        self._seen[path] = (st.st_ino, offset, lines)
+        return lines
 
 
 class _StudyProgress:
@@ -112,6 +133,7 @@ class _StudyProgress:
         self.dirs = [Path(j["run_dir"]) for j in jobs]
         self.steps, self.total = steps, len(jobs) * steps
         self.console, self.quiet, self.every_s = console, quiet, every_s
+        self._count = _StepCounter()
         self.first = self.done()
         self.t0 = self.last_line = time.monotonic()
         self.bar: Progress | None = None
@@ -119,7 +141,7 @@ class _StudyProgress:
         self._thread: threading.Thread | None = None
 
     def done(self) -> int:
-        return sum(min(self.steps, _steps_done(d)) for d in self.dirs)
+        return sum(min(self.steps, self._count(d)) for d in self.dirs)
 
     def __enter__(self) -> _StudyProgress:
         if not self.quiet and self.console.is_terminal:
