@@ -40,15 +40,7 @@ def main() -> None:
     task = build_task(cfg.data)
     policy = load_policy(cfg.model, device="cpu")
     model, tok = policy.model.eval(), policy.tokenizer
-    gen = HFGenerator(
-        model,
-        tok,
-        max_new_tokens=cfg.rollout.max_new_tokens,
-        temperature=cfg.rollout.temperature,
-        top_p=cfg.rollout.top_p,
-        stop_strings=task.stop_strings,
-        engine=cfg.rollout.engine,
-    )
+    gen = HFGenerator.from_rollout(model, tok, cfg.rollout, task.stop_strings)
     t = cfg.train
     examples = task.train_examples()
     fracs: dict[tuple[str, float], list[float]] = {}

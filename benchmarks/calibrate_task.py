@@ -48,16 +48,7 @@ def main() -> None:
         t0 = time.perf_counter()
         examples = task.eval_examples()[: args.prompts]
         tok = policy.tokenizer
-        gen = HFGenerator(
-            policy.model,
-            tok,
-            max_new_tokens=cfg.rollout.max_new_tokens,
-            temperature=cfg.rollout.temperature,
-            top_p=cfg.rollout.top_p,
-            stop_strings=task.stop_strings,
-            batch_size=cfg.rollout.batch_size,
-            engine=cfg.rollout.engine,
-        )
+        gen = HFGenerator.from_rollout(policy.model, tok, cfg.rollout, task.stop_strings)
         policy.model.eval()
         batch = gen.generate([task.render_prompt(e, tok) for e in examples], examples, args.n, seed=args.seed)
         rewards = torch.tensor(task.score(batch.completions, batch.examples)).view(len(examples), args.n)  # [P, n]

@@ -241,6 +241,22 @@ class HFGenerator:
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else self.eos_ids[0]
 
+    @classmethod
+    def from_rollout(cls, model: Any, tokenizer: Any, rollout: Any, stop_strings: Sequence[str] = ()) -> HFGenerator:
+        """The generator of a config's `rollout:` section (any object with `max_new_tokens`,
+        `temperature`, `top_p`, `batch_size` and `engine`), stopping at the task's `stop_strings`: what
+        training samples with."""
+        return cls(
+            model,
+            tokenizer,
+            max_new_tokens=rollout.max_new_tokens,
+            temperature=rollout.temperature,
+            top_p=rollout.top_p,
+            stop_strings=list(stop_strings),
+            batch_size=rollout.batch_size,
+            engine=rollout.engine,
+        )
+
     def _generation_config(self) -> GenerationConfig:
         # Every distribution-changing option is set explicitly so that the model's own
         # generation_config (e.g. top_k=20, repetition_penalty=1.05) cannot leak in; temperature and

@@ -312,16 +312,7 @@ class Trainer:
     def _build_loop_parts(self) -> None:
         cfg = self.cfg
         r = cfg.rollout
-        self.generator = HFGenerator(
-            self.model,
-            self.tokenizer,
-            max_new_tokens=r.max_new_tokens,
-            temperature=r.temperature,
-            top_p=r.top_p,
-            stop_strings=list(self.task.stop_strings),
-            batch_size=r.batch_size,
-            engine=r.engine,
-        )
+        self.generator = HFGenerator.from_rollout(self.model, self.tokenizer, r, self.task.stop_strings)
         probe_stats = partial(policy_token_stats, share_prompts=True) if cfg.train.share_prompts else None
         self.probe = DynamicsProbe(cfg.probes, run_dir=self.run_dir if self.is_main else None, stats_fn=probe_stats)
         t, kl = cfg.train, cfg.algorithm.kl
