@@ -1,6 +1,7 @@
-"""Helpers shared by the TRL and verl adapter tests: a tiny GRPO trainer on a real TRL, fixed trainer
-inputs, parameter gradients, and a real verl ActorConfig. The optional extras (TRL, datasets, verl)
-are imported inside the helpers, so a test module imports this file before its `importorskip`."""
+"""Helpers shared by tests: a tiny GRPO trainer on a real TRL, fixed trainer inputs, parameter gradients,
+a real verl ActorConfig, and a ChatML stand-in tokenizer for the chat templates. The optional extras
+(TRL, datasets, verl) are imported inside the helpers, so a test module imports this file before its
+`importorskip`."""
 
 from __future__ import annotations
 
@@ -91,3 +92,13 @@ def verl_actor_config(loss_mode: str, actor: dict | None = None, **policy: Any):
         }
     )
     return omega_conf_to_dataclass(cfg)
+
+
+class ChatMLTokenizer:
+    """The least a tokenizer needs for the chat templates: ChatML rendering of the messages."""
+
+    chat_template = "chatml"
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")

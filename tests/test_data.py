@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from _helpers import ChatMLTokenizer
 from rlentropy.data import DataConfig, build_task, loaders
 from rlentropy.data.templates import (
     DAPO_HEAD,
@@ -239,14 +240,6 @@ def test_hf_source_uses_hub_field_mapping(monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------- templates
-class _ChatTok:
-    """A stand-in tokenizer with a ChatML-style chat template (only what templates use)."""
-
-    chat_template = "chatml"
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
-        out = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-        return out + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
 
 def test_templates_render_exactly():
@@ -261,19 +254,19 @@ def test_templates_render_exactly():
     assert get_template("plain").render(q) == (
         "Question: What is 2+3?\nPlease reason step by step, and put your final answer within \\boxed{}.\nAnswer:"
     )
-    assert get_template("chat").render(q, _ChatTok()) == (
+    assert get_template("chat").render(q, ChatMLTokenizer()) == (
         "<|im_start|>user\nWhat is 2+3?\nPlease reason step by step, and put your final answer within "
         "\\boxed{}.<|im_end|>\n<|im_start|>assistant\n"
     )
     dapo = get_template("dapo")
     assert dapo.render(q) == DAPO_HEAD + q + '\n\nRemember to put your answer on its own line after "Answer:".\n'
-    assert dapo.render(q, _ChatTok()).startswith("<|im_start|>user\nSolve the following math problem")
+    assert dapo.render(q, ChatMLTokenizer()).startswith("<|im_start|>user\nSolve the following math problem")
     with pytest.raises(ConfigError, match="chat template"):
         apply_chat(object(), "x")
     # The default template follows the tokenizer: chat when it has one, plain otherwise.
     task = build_task(DataConfig(task="gsm8k"))
     ex = task.eval_examples()[0]
-    assert task.render_prompt(ex, _ChatTok()).startswith("<|im_start|>user\nJanet")
+    assert task.render_prompt(ex, ChatMLTokenizer()).startswith("<|im_start|>user\nJanet")
     assert task.render_prompt(ex, None).startswith("Question: Janet")
 
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _helpers import ChatMLTokenizer
 from rlentropy.data.synthetic import (
     ArithmeticTask,
     CountdownTask,
@@ -234,16 +235,6 @@ def test_arithmetic_hand_worked_and_splits():
         ArithmeticTask(DataConfig(task="arithmetic", params={"digits": 0}))
 
 
-class _ChatML:
-    """The least a tokenizer needs for the chat templates: ChatML rendering of the messages."""
-
-    chat_template = "chatml"
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
-        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-        return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
-
-
 def test_arithmetic_operand_range_and_calc_template():
     from rlentropy.data.synthetic import CALC_SYSTEM
 
@@ -255,7 +246,7 @@ def test_arithmetic_operand_range_and_calc_template():
     assert len({e.meta["key"] for e in exs}) == 350
     assert all(1 <= e.meta["a"] <= 20 and 1 <= e.meta["b"] <= 20 and e.meta["op"] == "+" for e in exs)
     ex = Example("c", "12+7", "19", {"a": 12, "b": 7, "op": "+", "target": 19})
-    assert task.render_prompt(ex, _ChatML()) == (
+    assert task.render_prompt(ex, ChatMLTokenizer()) == (
         f"<|im_start|>system\n{CALC_SYSTEM}<|im_end|>\n<|im_start|>user\n12+7<|im_end|>\n<|im_start|>assistant\n12+7="
     )
     # The response is the number alone, cut at the first newline; anything else around it scores 0.
