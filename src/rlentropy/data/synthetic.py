@@ -42,7 +42,6 @@ __all__ = [
     "format_expression",
 ]
 
-_TEMPLATES = ("plain", "chat", "calc")
 _STOP = {"plain": ["\n"], "chat": ["</answer>"], "calc": ["\n"]}
 CALC_SYSTEM = "You are a calculator. Reply with only the result."
 """The system message of the arithmetic task's "calc" template."""
